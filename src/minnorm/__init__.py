@@ -1,0 +1,6 @@
+"""minnorm: small adversarial perturbations, found fast, turned into honest robustness numbers."""
+from . import attacks, core
+from .core import AttackResult
+
+__version__ = "0.1.0"
+__all__ = ["AttackResult", "attacks", "core", "__version__"]

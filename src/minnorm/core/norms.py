@@ -1,0 +1,115 @@
+"""Shared lp geometry: norms, dual exponents, Hölder-optimal directions, projections.
+
+Everything works per sample on a batch ``[B, ...]``; radii may be floats or ``[B]`` tensors.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+Norm = float  # 1.0, 2.0, ..., math.inf
+
+
+def parse_norm(p: float | int | str) -> float:
+    """Accept 1, 2, 'inf', 'linf', 'l2', float('inf'), any p >= 1."""
+    if isinstance(p, str):
+        s = p.lower().lstrip("l")
+        p = math.inf if s in ("inf", "infinity") else float(s)
+    p = float(p)
+    if not p >= 1:
+        raise ValueError(f"norm p must be >= 1 (or inf), got {p}")
+    return p
+
+
+def dual_exponent(p: float) -> float:
+    """q with 1/p + 1/q = 1 (q = inf for p = 1, q = 1 for p = inf)."""
+    p = parse_norm(p)
+    if p == 1:
+        return math.inf
+    if math.isinf(p):
+        return 1.0
+    return p / (p - 1)
+
+
+def batch_view(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    """Reshape a per-sample ``[B]`` tensor so it broadcasts against ``like`` ``[B, ...]``."""
+    if isinstance(v, torch.Tensor) and v.dim() == 1:
+        return v.view(-1, *([1] * (like.dim() - 1)))
+    return v
+
+
+def lp_norm(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample lp norm of ``x`` ``[B, ...]`` -> ``[B]``."""
+    p = parse_norm(p)
+    flat = x.flatten(1)
+    if flat.shape[1] == 0:
+        return flat.new_zeros(flat.shape[0])
+    return torch.linalg.vector_norm(flat, ord=p, dim=1)
+
+
+def holder_direction(g: torch.Tensor, p: float) -> torch.Tensor:
+    """Maximiser of <g, d> over the unit lp ball, per sample (Hölder's equality case).
+
+    d = sign(g) |g|^(q-1) / ||g||_q^(q-1) with q the dual exponent, so that <g, d> = ||g||_q.
+    p = inf gives sign(g); p = 1 puts the whole budget on the largest |g_i| (first one on ties).
+    A zero gradient gives a zero direction.
+    """
+    p = parse_norm(p)
+    flat = g.flatten(1)
+    if math.isinf(p):
+        d = flat.sign()
+    elif p == 1:
+        idx = flat.abs().argmax(dim=1, keepdim=True)
+        d = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
+    elif p == 2:
+        d = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+    else:
+        q = dual_exponent(p)
+        # scale by the max first so |g|^(q-1) neither overflows nor underflows
+        scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+        a = (flat.abs() / scale) ** (q - 1)
+        d = flat.sign() * a / lp_norm(a, p).clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
+    return d.view_as(g)
+
+
+def project_lp_ball(delta: torch.Tensor, p: float, radius: torch.Tensor | float) -> torch.Tensor:
+    """Euclidean projection of each sample of ``delta`` onto {||d||_p <= radius}, p in {1, 2, inf}."""
+    p = parse_norm(p)
+    r = batch_view(torch.as_tensor(radius, dtype=delta.dtype, device=delta.device).expand(delta.shape[0]), delta)
+    if math.isinf(p):
+        return torch.maximum(torch.minimum(delta, r), -r)
+    if p == 2:
+        n = batch_view(lp_norm(delta, 2), delta)
+        return delta * torch.clamp(r / n.clamp_min(torch.finfo(delta.dtype).tiny), max=1.0)
+    if p == 1:
+        return _project_l1_ball(delta, r.flatten())
+    raise ValueError(f"projection onto the l{p} ball is not implemented (use p in 1, 2, inf)")
+
+
+def _project_l1_ball(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    # Duchi et al. (2008): soft-threshold at the level theta that puts the l1 mass at radius.
+    flat = delta.flatten(1)
+    a = flat.abs()
+    inside = a.sum(1) <= radius
+    srt, _ = a.sort(dim=1, descending=True)
+    cums = srt.cumsum(1)
+    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = srt * ks > cums - radius[:, None]
+    rho = (cond.to(flat.dtype) * ks).argmax(dim=1)  # last index where cond holds
+    theta = (cums.gather(1, rho[:, None]).squeeze(1) - radius) / (rho + 1).to(flat.dtype)
+    theta = torch.where(inside, torch.zeros_like(theta), theta.clamp_min(0))
+    out = flat.sign() * (a - theta[:, None]).clamp_min(0)
+    return out.view_as(delta)
+
+
+def scale_to_norm(delta: torch.Tensor, p: float, radius: torch.Tensor | float) -> torch.Tensor:
+    """Rescale each sample to lp norm exactly ``radius`` (projection onto the sphere); zeros stay zero."""
+    n = lp_norm(delta, p)
+    r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
+    return delta * batch_view(r / n.clamp_min(torch.finfo(delta.dtype).tiny), delta)
+
+
+def clip_box(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """Clip to the input box [lower, upper]."""
+    return x.clamp(bounds[0], bounds[1])

@@ -1,0 +1,77 @@
+"""Input checks shared by every attack (DESIGN item 6): clear errors, never garbage."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lower, upper = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"bounds must be a pair (lower, upper) of numbers, got {bounds!r}") from None
+    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+        raise ValueError(f"bounds must be finite with lower < upper, got {bounds!r}")
+    return lower, upper
+
+
+def check_inputs(inputs: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
+    """Validate a batch before any model call; returns the parsed bounds."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got {inputs.dtype}")
+    if inputs.dim() < 2:
+        raise ValueError(f"inputs must be a batch [B, ...] with at least 2 dims, got shape {tuple(inputs.shape)}")
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be 1-D [B], got shape {tuple(labels.shape)}")
+    if labels.dtype in (torch.bool,) or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape[0] != inputs.shape[0]:
+        raise ValueError(f"batch size mismatch: {inputs.shape[0]} inputs but {labels.shape[0]} labels")
+    if labels.device != inputs.device:
+        raise ValueError(f"inputs are on {inputs.device} but labels on {labels.device}")
+    lower, upper = check_bounds(bounds)
+    if inputs.numel():
+        if not bool(torch.isfinite(inputs).all()):
+            raise ValueError("inputs contain NaN or inf")
+        lo, hi = float(inputs.min()), float(inputs.max())
+        tol = 1e-6 * max(1.0, upper - lower)
+        if lo < lower - tol or hi > upper + tol:
+            raise ValueError(f"inputs lie outside the box [{lower}, {upper}]: min {lo:.6g}, max {hi:.6g}")
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+    return lower, upper
+
+
+def check_logits(logits: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> int:
+    """Check the model's output is ``[B, K]`` and finite; check labels < K. Returns K."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model must return a tensor of logits, got {type(logits).__name__}")
+    if logits.dim() != 2 or logits.shape[0] != batch_size:
+        raise ValueError(f"model output must have shape [B, K] = [{batch_size}, K], got {tuple(logits.shape)}")
+    k = logits.shape[1]
+    if k < 2:
+        raise ValueError(f"model output must have at least 2 classes, got {k}")
+    if logits.numel() and not bool(torch.isfinite(logits).all()):
+        raise ValueError("model returned NaN or inf logits on the clean inputs")
+    if labels is not None and labels.numel() and int(labels.max()) >= k:
+        raise ValueError(f"label {int(labels.max())} out of range for a model with {k} classes")
+    return k
+
+
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    value = float(value)
+    ok = value >= 0 if allow_zero else value > 0
+    if not (ok and math.isfinite(value)):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+    return value
+
+
+def check_int(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
