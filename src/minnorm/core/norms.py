@@ -62,13 +62,11 @@ def holder_direction(g: torch.Tensor, p: float) -> torch.Tensor:
     elif p == 1:
         idx = flat.abs().argmax(dim=1, keepdim=True)
         d = torch.zeros_like(flat).scatter_(1, idx, flat.gather(1, idx).sign())
-    elif p == 2:
-        d = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
     else:
         q = dual_exponent(p)
-        # scale by the max first so |g|^(q-1) neither overflows nor underflows
+        # scale by the max first so neither |g|^(q-1) nor the norm (|g|^2 for p = 2) under/overflows
         scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
-        a = (flat.abs() / scale) ** (q - 1)
+        a = flat.abs() / scale if p == 2 else (flat.abs() / scale) ** (q - 1)
         d = flat.sign() * a / lp_norm(a, p).clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
     return d.view_as(g)
 
@@ -105,9 +103,14 @@ def _project_l1_ball(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
 
 def scale_to_norm(delta: torch.Tensor, p: float, radius: torch.Tensor | float) -> torch.Tensor:
     """Rescale each sample to lp norm exactly ``radius`` (projection onto the sphere); zeros stay zero."""
-    n = lp_norm(delta, p)
+    if delta.flatten(1).shape[1] == 0:
+        return delta.clone()
+    # unit-max rows first, so that tiny or huge deltas neither under- nor overflow in the norm
+    unit = delta / batch_view(delta.flatten(1).abs().amax(1).clamp_min(torch.finfo(delta.dtype).tiny), delta)
+    n = lp_norm(unit, p)
     r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
-    return delta * batch_view(r / n.clamp_min(torch.finfo(delta.dtype).tiny), delta)
+    factor = torch.where(n > 0, r / n.clamp_min(torch.finfo(delta.dtype).tiny), torch.zeros_like(n))
+    return unit * batch_view(factor, delta)
 
 
 def clip_box(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:

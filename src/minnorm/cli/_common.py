@@ -1,0 +1,299 @@
+"""Helpers shared by the sub-commands: model and data loading, attack settings, batching, tables.
+
+Everything here turns command-line strings into library calls; errors are ``ValueError`` with a
+message meant for the user (``minnorm.cli.main`` prints it and exits with code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import AttackResult, AttackSpec, get
+
+TENSOR_SUFFIXES = (".pt", ".safetensors")
+
+
+# --------------------------------------------------------------------------- arguments
+
+def add_run_args(parser: argparse.ArgumentParser, batch_size: int = 100) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' torch.Generator (default: 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"samples per attack call (default: {batch_size})")
+    # Hidden: each attack's registered ``quick`` settings, for smoke tests.
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: CUDA was asked for but is not available")
+    return device
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (``100``, ``0.5``, ``True``, ``(0, 1)``) or else the plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--param expects key=value with a Python identifier as key, got {item!r}")
+        params[key] = parse_value(value.strip())
+    return params
+
+
+# --------------------------------------------------------------------------- model and data
+
+def load_model(spec: str, weights: str | None = None, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A shipped model name (``cnn``, ``mlp``, ...) or ``pkg.mod:factory``; ``weights`` is loaded on top.
+
+    The model is put in eval mode: attacks measure the deployed model, and BatchNorm/Dropout
+    in train mode would make a batch differ from its samples one by one.
+    """
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            # The `minnorm` script, unlike `python -m`, does not see the working directory.
+            sys.path.insert(0, os.getcwd())
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"--model: cannot import {spec!r}: {err}") from None
+        model = factory()
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    else:
+        from .. import models  # late: `minnorm --help` stays fast and factories need none of it
+
+        names = list(models.shipped_names())
+        if spec not in names:
+            raise ValueError(f"--model: unknown model {spec!r}; shipped models: {', '.join(names)}, "
+                             "or give a factory as pkg.module:function")
+        model = models.load_shipped(spec)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights: no such file: {weights}")
+        from ..models import load_weights
+
+        load_weights(model, weights)
+    return model.eval().to(device)
+
+
+def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample``, ``fashion-mnist[:train]``, a dataset path, or a tensor file this CLI wrote.
+
+    Tensor files (``.pt`` read with ``weights_only=True``, or ``.safetensors``) hold ``x``/``y``
+    or the ``adversarials``/``labels`` that ``minnorm attack`` saves, so saved adversarials can
+    be attacked or transferred again.
+    """
+    if spec.endswith(TENSOR_SUFFIXES):
+        return _load_tensor_file(spec)
+    from .. import data
+
+    x, y = data.resolve_dataset(spec)
+    return torch.as_tensor(x), torch.as_tensor(y).long()
+
+
+def _load_tensor_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--data: no such file: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        tensors = load_file(path)
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(tensors, dict):
+        raise ValueError(f"--data: {path} must hold a dict of tensors")
+    for xk, yk in (("x", "y"), ("adversarials", "labels")):
+        if xk in tensors and yk in tensors:
+            return tensors[xk].float(), tensors[yk].long()
+    raise ValueError(f"--data: {path} must hold tensors 'x' and 'y' (or 'adversarials' and 'labels'); "
+                     f"found {sorted(tensors)}")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Clean logits on CPU, batched; not counted against any attack."""
+    out = [model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+# --------------------------------------------------------------------------- running attacks
+
+def attack_kwargs(spec: AttackSpec, params: dict[str, Any], *, quick: bool = False,
+                  strict: bool = True) -> dict[str, Any]:
+    """Keyword arguments for ``spec``: its ``quick`` settings if asked, then ``params`` on top.
+
+    ``strict`` rejects a key the attack function does not take (a typo should not silently fall
+    back to a default); with ``strict=False`` such keys are dropped, which lets the demo carry
+    settings for attacks whose exact signature it cannot know in advance.
+    """
+    accepted = _parameters(spec)
+    kwargs = dict(spec.quick) if quick else {}
+    for key, value in params.items():
+        if accepted is None or key in accepted:
+            kwargs[key] = value
+        elif strict:
+            raise ValueError(f"attack {spec.name!r} takes no parameter {key!r}; "
+                             f"it takes: {', '.join(sorted(accepted)) or 'none'}")
+    return kwargs
+
+
+def _parameters(spec: AttackSpec) -> set[str] | None:
+    """Keyword parameters of the attack function, or None if it takes ``**kwargs``."""
+    sig = inspect.signature(spec.fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    fixed = {"model", "inputs", "labels", "generator"}
+    return {n for n, p in sig.parameters.items()
+            if n not in fixed and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def run_batches(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                kwargs: dict[str, Any], *, batch_size: int, device: torch.device, seed: int,
+                progress: bool = True) -> AttackResult:
+    """Run one attack over ``x`` in batches and join the results (on CPU).
+
+    One generator seeded with ``seed`` per attack, so the outcome does not depend on which
+    attacks ran before. The progress bar hides itself when stderr is not a terminal.
+    """
+    generator = torch.Generator(device=device).manual_seed(seed)
+    parts: list[AttackResult] = []
+    started = time.perf_counter()
+    starts = range(0, len(x), batch_size)
+    for i in tqdm(starts, desc=spec.name, unit="batch", leave=False, disable=None if progress else True):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        parts.append(spec(model, xb, yb, generator=generator, **kwargs).to("cpu"))
+    seconds = time.perf_counter() - started
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return AttackResult(x.clone(), empty.bool(), empty.to(x.dtype), empty, empty.clone(), seconds)
+    return AttackResult(
+        adversarials=torch.cat([p.adversarials for p in parts]),
+        success=torch.cat([p.success for p in parts]),
+        norms=torch.cat([p.norms for p in parts]),
+        forward_passes=torch.cat([p.forward_passes for p in parts]),
+        backward_passes=torch.cat([p.backward_passes for p in parts]),
+        seconds=seconds,
+    )
+
+
+def pick_targets(logits: torch.Tensor, labels: torch.Tensor, mode: str, seed: int) -> torch.Tensor:
+    """Target classes != the true label: uniformly at random, or the least likely clean class."""
+    k = logits.shape[1]
+    if mode == "least-likely":
+        masked = logits.clone()
+        masked[torch.arange(len(labels)), labels] = math.inf
+        return masked.argmin(dim=1)
+    if mode == "random":
+        # A uniform shift in 1..K-1 never lands on the label and is uniform over the others.
+        shift = torch.randint(1, k, labels.shape, generator=torch.Generator().manual_seed(seed))
+        return (labels + shift) % k
+    raise ValueError(f"--target-mode must be random or least-likely, got {mode!r}")
+
+
+# --------------------------------------------------------------------------- reporting
+
+@dataclass
+class Summary:
+    attack: str
+    norm: str
+    eps: float | None
+    result: AttackResult
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for reports: norms over successes only; passes and seconds per sample."""
+        r = self.result
+        n = max(len(r), 1)
+        ok = r.norms[r.success].double()
+        return {"attack": self.attack, "norm": self.norm, "eps": self.eps, "samples": len(r),
+                "success_rate": r.success_rate if len(r) else math.nan,
+                "median_norm": float(ok.median()) if len(ok) else math.nan,
+                "mean_norm": float(ok.mean()) if len(ok) else math.nan,
+                "passes_per_sample": float((r.forward_passes + r.backward_passes).double().sum()) / n,
+                "seconds_per_sample": r.seconds / n}
+
+    def row(self) -> list[str]:
+        s = self.stats()
+        return [s["attack"], s["norm"], "-" if s["eps"] is None else f"{s['eps']:g}",
+                "-" if math.isnan(s["success_rate"]) else f"{100 * s['success_rate']:.1f}%",
+                fmt(s["median_norm"]), fmt(s["mean_norm"]), f"{s['passes_per_sample']:.1f}",
+                f"{s['seconds_per_sample']:.4f}"]
+
+
+SUMMARY_HEADERS = ["attack", "norm", "eps", "success", "median norm", "mean norm", "passes/sample", "s/sample"]
+
+
+def fmt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4g}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table: text columns left, number columns right."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("%"))
+    except ValueError:
+        return text == "-"
+    return True
+
+
+def registry_rows() -> list[list[str]]:
+    from ..attacks import specs  # importing the package registers every attack
+
+    return [[s.name, s.norm_name, "minimal" if s.minimal else "fixed eps", "yes" if s.targeted else "no", s.paper]
+            for s in specs()]
+
+
+REGISTRY_HEADERS = ["attack", "norm", "kind", "targeted", "paper"]
+
+
+def get_attack(name: str) -> AttackSpec:
+    from .. import attacks  # noqa: F401  (registers every attack module)
+
+    return get(name)

@@ -1,0 +1,146 @@
+"""Datasets as ``(x, y)`` tensor pairs: x float32 ``[N, C, H, W]`` in [0, 1], y int64 ``[N]``.
+
+Everything is held in memory: the datasets this library uses are small, and a tensor pair is
+all an attack or a training loop needs.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cifar import load_cifar10, read_cifar10_batch
+from .idx import read_idx
+
+__all__ = ["CLASS_NAMES", "DEFAULT_FASHION_MNIST_ROOT", "SAMPLE_PATH", "batches", "fashion_mnist_root",
+           "load_fashion_mnist", "load_sample", "resolve_dataset", "to_tensors"]
+
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+SAMPLE_PATH = Path(__file__).with_name("fashion_mnist_sample.npz")
+_MISSING_HINT = ("install it with `apt-get install -y dataset-fashion-mnist` (files go to "
+                 f"{DEFAULT_FASHION_MNIST_ROOT}) or set MINNORM_DATA to a folder holding the IDX files")
+
+
+def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``) -> float32 in [0, 1] with a channel axis;
+    float images pass through. Labels -> int64."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    if x.dtype == torch.uint8:
+        x = x.to(torch.float32) / 255.0
+    elif not x.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point, got {x.dtype}")
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"images must be [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        raise ValueError(f"labels must be {x.shape[0]} integers, got {y.dtype} {tuple(y.shape)}")
+    return x.contiguous(), y.to(torch.int64)
+
+
+def fashion_mnist_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$MINNORM_DATA``, else the Debian package's folder. A
+    ``fashion-mnist`` sub-folder is followed, so MINNORM_DATA may point at its parent."""
+    base = Path(root if root is not None else os.environ.get("MINNORM_DATA") or DEFAULT_FASHION_MNIST_ROOT)
+    return base / "fashion-mnist" if (base / "fashion-mnist").is_dir() else base
+
+
+def _idx_file(base: Path, stem: str) -> Path:
+    name = f"{stem}-idx{3 if stem.endswith('images') else 1}-ubyte"
+    for candidate in (base / f"{name}.gz", base / name):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"Fashion-MNIST file {stem}-*-ubyte[.gz] not found in {base}; {_MISSING_HINT}")
+
+
+def load_fashion_mnist(split: str = "test", root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST (Xiao et al., 2017) ``test`` (10,000) or ``train`` (60,000) split:
+    x float32 ``[N, 1, 28, 28]`` in [0, 1], y int64 ``[N]``."""
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    base = fashion_mnist_root(root)
+    prefix = "t10k" if split == "test" else "train"
+    images = read_idx(_idx_file(base, f"{prefix}-images"))
+    labels = read_idx(_idx_file(base, f"{prefix}-labels"))
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{base}: unexpected Fashion-MNIST arrays {images.dtype}{images.shape} / {labels.shape}")
+    return to_tensors(images, labels)
+
+
+def load_sample() -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 1,000 Fashion-MNIST test images, shipped inside the package (no download):
+    x float32 ``[1000, 1, 28, 28]`` in [0, 1], y int64 ``[1000]``."""
+    with np.load(SAMPLE_PATH, allow_pickle=False) as f:
+        return to_tensors(f["x"], f["y"])
+
+
+def _load_path(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if path.is_dir():
+        if (path / "test_batch").is_file() or (path / "cifar-10-batches-py").is_dir():
+            return to_tensors(*load_cifar10("test", path))
+        return load_fashion_mnist("test", path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            keys = ("x", "y") if "x" in f else ("images", "labels")
+            if not set(keys) <= set(f.files):
+                raise ValueError(f"{path}: expected arrays 'x' and 'y' (or 'images' and 'labels'), found {f.files}")
+            return to_tensors(f[keys[0]], f[keys[1]])
+    if path.suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            obj = (obj.get("x", obj.get("images")), obj.get("y", obj.get("labels")))
+        if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
+            raise ValueError(f"{path}: expected a pair of tensors (x, y) or a dict with 'x' and 'y'")
+        return to_tensors(*obj)
+    return to_tensors(*read_cifar10_batch(path))
+
+
+def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset by name or path.
+
+    Names: ``sample`` (embedded), ``fashion-mnist`` / ``fashion-mnist:test`` /
+    ``fashion-mnist:train``, ``cifar10`` / ``cifar10:test`` / ``cifar10:train`` (root or
+    ``$MINNORM_DATA``). Paths: an ``.npz`` with ``x``/``y``, a ``.pt`` pair (loaded with
+    ``weights_only=True``), a folder of Fashion-MNIST IDX files or CIFAR-10 batches (test split),
+    or one CIFAR python batch file.
+    """
+    base, _, split = name.partition(":")
+    key = base.lower().replace("_", "-")
+    if key == "sample" and not split:
+        return load_sample()
+    if key in ("fashion-mnist", "fashionmnist"):
+        return load_fashion_mnist(split or "test", root)
+    if key in ("cifar10", "cifar-10"):
+        return to_tensors(*load_cifar10(split or "test", root))
+    path = Path(name).expanduser()
+    if path.exists():
+        return _load_path(path)
+    raise ValueError(f"unknown dataset {name!r}: use sample, fashion-mnist[:test|:train], "
+                     "cifar10[:test|:train], or a path (.npz, .pt, IDX folder, CIFAR batch)")
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+            generator: torch.Generator | None = None, drop_last: bool = False,
+            device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches ``(x_b, y_b)`` of a tensor pair, optionally shuffled by ``generator`` (CPU),
+    moved to ``device`` one batch at a time."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            xb, yb = x[idx], y[idx]
+        yield (xb, yb) if device is None else (xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))

@@ -1,0 +1,115 @@
+"""Safe weight files and the weights shipped inside the package.
+
+Weights load from safetensors, or through ``torch.load(weights_only=True)``; nothing here
+unpickles arbitrary objects. Each shipped ``weights/{name}.safetensors`` has a
+``weights/{name}.json`` beside it saying how to build the model and how it was trained.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .architectures import build_model
+
+__all__ = ["WEIGHTS_DIR", "load_shipped", "load_state", "load_weights", "save_weights", "shipped_info",
+           "shipped_names"]
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+
+def _listing(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (``weights_only=True``).
+    A training checkpoint (``{"model": state, ...}``) or ``{"state_dict": state}`` is unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        state: Any = load_file(str(path), device="cpu")
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 (the unpickler refuses with several exception types)
+            raise ValueError(f"{path}: cannot load with weights_only=True ({err})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise ValueError(f"{path}: expected a mapping of parameter names to tensors")
+    return dict(state)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load weights from ``path`` into ``model`` (in place; returns it).
+
+    Raises ``ValueError`` naming the missing, unexpected or wrongly shaped keys (with
+    ``strict=False`` missing and unexpected keys are allowed, shape mismatches never are).
+    A ``module.`` prefix left by DataParallel/DDP is stripped.
+    """
+    state = load_state(path)
+    expected = model.state_dict()
+    if state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if shapes:
+        problems.append(f"shape mismatch: {_listing(shapes, 3)}")
+    if problems:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
+    return model
+
+
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a model's state dict as safetensors (string metadata goes in the header too)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    os.chmod(tmp, 0o644)  # safetensors creates the file private; shipped weights must be readable
+    os.replace(tmp, path)
+    return path
+
+
+def shipped_names() -> list[str]:
+    """Names of the weights shipped with the package (each has a ``.json`` beside it)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if p.with_suffix(".json").is_file())
+
+
+def shipped_info(name: str) -> dict[str, Any]:
+    """The JSON metadata of a shipped model: architecture, model_kwargs, recipe, accuracy, ..."""
+    path = WEIGHTS_DIR / f"{name}.json"
+    if not path.is_file() or not path.with_suffix(".safetensors").is_file():
+        raise ValueError(f"no shipped model {name!r}; available: {', '.join(shipped_names()) or 'none'}")
+    return json.loads(path.read_text())
+
+
+def load_shipped(name: str, device: torch.device | str = "cpu") -> nn.Module:
+    """A shipped model (e.g. ``"cnn"``, ``"mlp"``) with its weights, in eval mode."""
+    info = shipped_info(name)
+    model = build_model(info["architecture"], **info.get("model_kwargs", {}))
+    load_weights(model, WEIGHTS_DIR / f"{name}.safetensors")
+    return model.to(device).eval()

@@ -1,0 +1,240 @@
+"""PGD / BIM against closed forms on affine classifiers, plus the attack contract's invariants."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import minnorm
+from minnorm.attacks import bim, pgd
+from minnorm.attacks.pgd import margin_objective, sparse_l1_direction
+from minnorm.core import dual_exponent, lp_norm
+
+torch.set_num_threads(1)
+NORMS = [1.0, 2.0, math.inf]
+F64 = torch.float64
+
+
+def affine(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(weight.shape[1], weight.shape[0]).to(weight.dtype))
+    with torch.no_grad():
+        model[1].weight.copy_(weight)
+        model[1].bias.copy_(bias)
+    return model.eval()
+
+
+def affine_problem(num_classes: int, dim: int = 50, batch: int = 32, seed: int = 0):
+    """f(x) = Wx + b with f(0.5) = offsets and inputs within 0.02 of 0.5, so that the minimal
+    perturbations stay far inside the box [0, 1] (the closed form ignores the box).
+
+    With more than two classes, classes 2.. sit 10 logits lower: their boundaries are far and
+    their softmax weight tiny, so gradient ascent on CE heads for the nearest boundary.
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(num_classes, dim, dtype=F64, generator=g)
+    offsets = torch.zeros(num_classes, dtype=F64)
+    offsets[2:] = -10.0
+    model = affine(w, offsets - 0.5 * w.sum(1))
+    x = 0.5 + 0.02 * (2 * torch.rand(batch, 1, dim, dtype=F64, generator=g) - 1)
+    with torch.no_grad():
+        logits = model(x)
+    return model, x, logits.argmax(1), w, logits
+
+
+def minimal_norm(w: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, p: float) -> torch.Tensor:
+    """Closed-form minimal lp perturbation of an affine classifier: min over j != y of
+    (z_y - z_j) / ||w_y - w_j||_q, with q the dual exponent (Hölder)."""
+    dist = (logits.gather(1, labels[:, None]) - logits) / torch.linalg.vector_norm(
+        w[None] - w[labels][:, None], ord=dual_exponent(p), dim=2)
+    dist[torch.arange(len(labels)), labels] = math.inf
+    return dist.min(1).values
+
+
+def tiny_mlp(dtype=F64, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype).eval()
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 5)).to(F64).eval()
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("random_start", [True, False])
+def test_binary_affine_closed_form(p, random_start):
+    model, x, y, w, logits = affine_problem(2)
+    dmin = minimal_norm(w, logits, y, p)
+    # l1_sparsity=0.999 moves one coordinate per step, the exact l1 steepest ascent
+    res = pgd(model, x, y, eps=1.05 * dmin, norm=p, random_start=random_start, l1_sparsity=0.999)
+    assert bool(res.success.all())
+    assert bool((res.norms <= 1.05 * dmin * (1 + 1e-9)).all())
+    res = pgd(model, x, y, eps=0.95 * dmin, norm=p, random_start=random_start, l1_sparsity=0.999)
+    assert not bool(res.success.any())
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_binary_affine_targeted(p):
+    model, x, y, w, logits = affine_problem(2)
+    dmin = minimal_norm(w, logits, y, p)
+    target = 1 - y
+    res = pgd(model, x, target, eps=1.05 * dmin, norm=p, targeted=True, l1_sparsity=0.999)
+    assert bool(res.success.all())
+    assert bool((model(res.adversarials).argmax(1) == target).all())
+    assert not bool(pgd(model, x, target, eps=0.95 * dmin, norm=p, targeted=True).success.any())
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_multiclass_affine_closed_form(p, loss):
+    model, x, y, w, logits = affine_problem(5, seed=1)
+    dmin = minimal_norm(w, logits, y, p)
+    res = pgd(model, x, y, eps=1.05 * dmin, norm=p, loss=loss, l1_sparsity=0.999)
+    assert bool(res.success.all())
+    assert not bool(pgd(model, x, y, eps=0.95 * dmin, norm=p, loss=loss).success.any())
+
+
+def test_bim_affine():
+    model, x, y, w, logits = affine_problem(2)
+    dmin = minimal_norm(w, logits, y, math.inf)
+    assert bool(bim(model, x, y, eps=1.05 * dmin).success.all())
+    assert not bool(bim(model, x, y, eps=0.95 * dmin).success.any())
+    assert minnorm.attacks.ifgsm is bim
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.sampled_from(NORMS), eps=st.floats(0.0, 3.0), random_start=st.booleans(),
+       loss=st.sampled_from(["ce", "margin"]), bounds=st.sampled_from([(0.0, 1.0), (-1.0, 0.5)]),
+       seed=st.integers(0, 2**16))
+def test_ball_and_box_respected(p, eps, random_start, loss, bounds, seed):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = bounds
+    x = lo + (hi - lo) * torch.rand(6, 1, 12, dtype=F64, generator=g)
+    x[:, :, :3] = lo  # coordinates on the box's faces, where clipping binds
+    x[:, :, 3:5] = hi
+    model = tiny_mlp()
+    y = torch.randint(0, 4, (6,), generator=g)
+    res = pgd(model, x, y, eps=eps, norm=p, steps=5, random_start=random_start, loss=loss, bounds=bounds,
+              generator=g)
+    adv = res.adversarials
+    assert adv.dtype == x.dtype and adv.shape == x.shape
+    assert bool((adv >= lo).all()) and bool((adv <= hi).all())
+    assert bool((lp_norm(adv - x, p) <= eps * (1 + 1e-9) + 1e-12).all())
+    assert torch.equal(res.success, model(adv).argmax(1) != y)
+    assert torch.equal(adv[~res.success], x[~res.success])
+    assert bool(torch.isinf(res.norms[~res.success]).all())
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_deterministic_and_no_global_rng(p):
+    model = tiny_mlp()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 1, 12, dtype=F64, generator=g)
+    y = torch.randint(0, 4, (8,), generator=g)
+    state = torch.get_rng_state()
+    a = pgd(model, x, y, eps=0.5, norm=p, steps=5, restarts=2, generator=torch.Generator().manual_seed(7))
+    b = pgd(model, x, y, eps=0.5, norm=p, steps=5, restarts=2, generator=torch.Generator().manual_seed(7))
+    c = pgd(model, x, y, eps=0.5, norm=p, steps=5, restarts=2)
+    d = pgd(model, x, y, eps=0.5, norm=p, steps=5, restarts=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.adversarials, b.adversarials) and torch.equal(c.adversarials, d.adversarials)
+
+
+@pytest.mark.parametrize("attack, p", [("pgd", 1.0), ("pgd", 2.0), ("pgd", math.inf), ("bim", math.inf)])
+def test_batch_equals_one_by_one(attack, p):
+    model = tiny_cnn()
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 1, 8, 8, dtype=F64, generator=g)
+    y = model(x).argmax(1)
+    eps = {1.0: 0.5, 2.0: 0.1, math.inf: 0.02}[p] * (0.5 + torch.rand(6, dtype=F64, generator=g))
+
+    def run(i):
+        if attack == "bim":
+            return bim(model, x[i], y[i], eps=eps[i], steps=6)
+        return pgd(model, x[i], y[i], eps=eps[i], norm=p, steps=6, random_start=False, loss="margin")
+
+    full = run(slice(None))
+    assert 0 < int(full.success.sum()) < 6, "want a mix of successes and failures"
+    for i in range(6):
+        one = run(slice(i, i + 1))
+        torch.testing.assert_close(one.adversarials, full.adversarials[i:i + 1])
+        assert torch.equal(one.success, full.success[i:i + 1])
+        assert torch.equal(one.forward_passes, full.forward_passes[i:i + 1])
+        assert torch.equal(one.backward_passes, full.backward_passes[i:i + 1])
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_restarts_never_reduce_success(p):
+    model = tiny_cnn(seed=1)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(16, 1, 8, 8, dtype=F64, generator=g)
+    y = model(x).argmax(1)
+    eps = {1.0: 1.0, 2.0: 0.2, math.inf: 0.05}[p]
+    one = pgd(model, x, y, eps=eps, norm=p, steps=4, generator=torch.Generator().manual_seed(0))
+    many = pgd(model, x, y, eps=eps, norm=p, steps=4, restarts=4, generator=torch.Generator().manual_seed(0))
+    assert bool((many.success >= one.success).all())
+    # the first run draws the same start, so its successes are kept as they were
+    assert torch.equal(many.adversarials[one.success], one.adversarials[one.success])
+    assert bool((many.forward_passes[one.success] == one.forward_passes[one.success]).all())
+
+
+def test_pass_counts_and_early_stop():
+    model, x, y, w, logits = affine_problem(2, batch=4)
+    dmin = minimal_norm(w, logits, y, 2.0)
+    labels = y.clone()
+    labels[0] = 1 - y[0]  # misclassified already: clean pass + final pass, nothing else
+    eps = torch.stack([dmin[0], 5 * dmin[1], 1.05 * dmin[2], 0.5 * dmin[3]])
+    res = pgd(model, x, labels, eps=eps, norm=2, steps=10, restarts=3)
+    assert res.success.tolist() == [True, True, True, False]
+    assert res.norms[0] == 0 and torch.equal(res.adversarials[0], x[0])
+    assert res.forward_passes[0] == 2 and res.backward_passes[0] == 0
+    assert res.forward_passes[3] == 1 + 3 * 11 + 1 and res.backward_passes[3] == 3 * 10
+    assert res.backward_passes[1] < res.backward_passes[2] < res.backward_passes[3]
+
+
+def test_empty_single_float32():
+    model = tiny_mlp(torch.float32)
+    x = torch.rand(3, 1, 12)
+    y = torch.tensor([0, 1, 2])
+    res = pgd(model, x[:0], y[:0], eps=0.3, norm=2)
+    assert res.adversarials.shape == (0, 1, 12) and res.success.shape == (0,)
+    res = pgd(model, x[:1], y[:1], eps=0.3, norm=2, steps=3)
+    assert res.adversarials.dtype == torch.float32 and res.success.shape == (1,)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"eps": -0.1}, ValueError, "eps"), ({"eps": math.nan}, ValueError, "eps"),
+    ({"eps": torch.ones(5)}, ValueError, "eps"), ({"steps": 0}, ValueError, "steps"),
+    ({"restarts": 0}, ValueError, "restarts"), ({"loss": "dlr"}, ValueError, "loss"),
+    ({"l1_sparsity": 1.0}, ValueError, "l1_sparsity"), ({"step_size": 0.0}, ValueError, "step_size"),
+    ({"restarts": 2, "random_start": False}, ValueError, "restarts"), ({"norm": 3}, NotImplementedError, "norm"),
+])
+def test_bad_arguments(kwargs, error, match):
+    model = tiny_mlp()
+    with pytest.raises(error, match=match):
+        pgd(model, torch.rand(3, 1, 12, dtype=F64), torch.tensor([0, 1, 2]), **{"eps": 0.1, **kwargs})
+
+
+def test_margin_objective_and_l1_direction():
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    assert margin_objective(labels, False)(logits).tolist() == [-1.0, 3.0]
+    assert margin_objective(torch.tensor([1, 1]), True)(logits).tolist() == [-1.0, 2.0]
+    grad = torch.tensor([[5.0, -4.0, 3.0, 0.5]])
+    x = torch.tensor([[1.0, 0.5, 0.5, 0.5]])  # the largest |g| points out of the box: skipped
+    d = sparse_l1_direction(grad, x, (0.0, 1.0), 2)
+    assert d.tolist() == [[0.0, -0.5, 0.5, 0.0]]
+
+
+@pytest.mark.parametrize("name", ["pgd-l1", "pgd-l2", "pgd-linf", "bim"])
+def test_registry_quick(name):
+    spec = minnorm.attacks.get(name)
+    assert not spec.minimal and spec.targeted
+    model = tiny_mlp()
+    x = torch.rand(4, 1, 12, dtype=F64)
+    res = spec(model, x, torch.tensor([0, 1, 2, 3]), **spec.quick)
+    assert bool((lp_norm(res.adversarials - x, spec.norm)[res.success] <= spec.quick["eps"] * (1 + 1e-9)).all())

@@ -1,0 +1,173 @@
+"""`minnorm attack` and `minnorm demo` end to end on a tiny model (helpers.tiny_mlp) and data file."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from helpers import tiny_inputs, tiny_mlp, true_labels
+
+from minnorm import attacks
+from minnorm.cli import _common, main
+from minnorm.cli.attack import CSV_COLUMNS
+
+MODEL = "helpers:tiny_mlp"  # tests/ is on sys.path (conftest.py)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    x = tiny_inputs(10)
+    y = true_labels(tiny_mlp(), x)
+    y[-2:] = (y[-2:] + 1) % 4  # two misclassified samples
+    path = tmp_path / "data.pt"
+    torch.save({"x": x, "y": y}, path)
+    return str(path), x, y
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def test_list_prints_registry(capsys):
+    assert main(["attack", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["attack", "norm", "kind", "targeted", "paper"]
+    for name in attacks.available():
+        assert name in out
+
+
+def test_attack_writes_csv_and_tensors(tmp_path, data_file, capsys):
+    path, x, y = data_file
+    out = tmp_path / "out"
+    code = main(["attack", "--attack", "fgm-l2", "--eps", "2.0", "--model", MODEL, "--data", path, "--n", "8",
+                 "--out", str(out), "--batch-size", "3", "--device", "cpu"])
+    assert code == 0
+    assert "fgm-l2" in capsys.readouterr().out
+    header, rows = read_csv(out / "samples.csv")
+    assert header == CSV_COLUMNS
+    assert [int(r[0]) for r in rows] == list(range(8))
+    saved = torch.load(out / "adversarials.pt", weights_only=True)
+    assert saved["adversarials"].shape == (8, *x.shape[1:])
+    assert torch.equal(saved["labels"], y[:8]) and torch.equal(saved["indices"], torch.arange(8))
+    model = tiny_mlp()
+    with torch.no_grad():
+        adv_pred = model(saved["adversarials"]).argmax(1)
+    for r, p in zip(rows, adv_pred):
+        index, label, target, clean, adv, success, norm, fwd, bwd = r
+        assert target == "" and int(adv) == int(p) and int(label) == int(y[int(index)])
+        assert int(success) == int(int(adv) != int(label))
+        assert math.isinf(float(norm)) if success == "0" else float(norm) <= 2.0 + 1e-5
+        assert int(fwd) >= 2 and int(bwd) >= 1  # clean + final pass, one gradient
+
+
+def test_attack_correct_only_targeted_safetensors(tmp_path, data_file):
+    from safetensors.torch import load_file
+
+    path, _, y = data_file
+    out = tmp_path / "out"
+    code = main(["attack", "--attack", "ddn", "--quick", "--eps", "1.0", "--model", MODEL, "--data", path,
+                 "--correct-only", "--targeted", "--target-mode", "least-likely", "--format", "safetensors",
+                 "--out", str(out)])
+    assert code == 0
+    saved = load_file(out / "adversarials.safetensors")
+    assert torch.equal(saved["indices"], torch.arange(8))  # the two misclassified ones are dropped
+    assert bool((saved["targets"] != saved["labels"]).all())
+    _, rows = read_csv(out / "samples.csv")
+    assert all(int(r[2]) == int(t) for r, t in zip(rows, saved["targets"]))
+    # The saved adversarials load back as data for another run.
+    assert main(["attack", "--attack", "fgsm", "--eps", "0.1", "--model", MODEL,
+                 "--data", str(out / "adversarials.safetensors")]) == 0
+
+
+def test_attack_loads_weights(tmp_path, data_file):
+    from minnorm.models import save_weights
+
+    other = tiny_mlp(seed=1)
+    weights = save_weights(other, tmp_path / "w.safetensors")
+    out = tmp_path / "out"
+    assert main(["attack", "--attack", "fgsm", "--eps", "0.01", "--model", MODEL, "--weights", str(weights),
+                 "--data", data_file[0], "--out", str(out)]) == 0
+    _, rows = read_csv(out / "samples.csv")
+    with torch.no_grad():
+        expected = other(data_file[1]).argmax(1)
+    assert [int(r[3]) for r in rows] == expected.tolist()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "no-such-attack"], "available: "),
+    (["--attack", "fgsm"], "give --eps"),
+    (["--attack", "fgsm", "--eps", "0.1", "--param", "steps"], "key=value"),
+    (["--attack", "fgsm", "--eps", "0.1", "--param", "stepz=3"], "takes no parameter 'stepz'"),
+    (["--attack", "ddn", "--param", "eps=0.3"], "minimal-norm"),
+    (["--attack", "fgsm", "--eps", "0.1", "--model", "no_such_module:f"], "cannot import"),
+    (["--attack", "fgsm", "--eps", "0.1", "--data", "missing.pt"], "no such file"),
+    (["--attack", "fgsm", "--eps", "0.1", "--weights", "missing.safetensors"], "no such file"),
+    (["--attack", "fgsm", "--eps", "0.1", "--model", "no-such-model"], "unknown model"),
+    ([], "--attack NAME is required"),
+])
+def test_attack_errors_exit_2(argv, message, data_file, capsys):
+    base = ["attack", "--model", MODEL, "--data", data_file[0]]
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_targeted_unsupported_exits_2(data_file, capsys):
+    untargeted = [s.name for s in attacks.specs() if not s.targeted]
+    if not untargeted:
+        pytest.skip("every registered attack supports targets")
+    assert main(["attack", "--attack", untargeted[0], "--targeted", "--model", MODEL,
+                 "--data", data_file[0]]) == 2
+    assert "does not support targeted" in capsys.readouterr().err
+
+
+def test_params_and_targets():
+    assert _common.parse_params(["steps=10", "norm=inf", "bounds=(0, 1)", "flag=True"]) == {
+        "steps": 10, "norm": "inf", "bounds": (0, 1), "flag": True}
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, -1.0]])
+    labels = torch.tensor([2, 2])
+    assert _common.pick_targets(logits, labels, "least-likely", 0).tolist() == [1, 0]
+    random = _common.pick_targets(logits.repeat(50, 1), labels.repeat(50), "random", 0)
+    assert bool((random != 2).all()) and set(random.tolist()) == {0, 1}
+
+
+def test_demo_quick(data_file, capsys):
+    code = main(["demo", "--quick", "--n", "4", "--model", MODEL, "--data", data_file[0], "--batch-size", "3"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "clean accuracy 80.0%" in out and "first 4 correctly classified" in out
+    table = out[out.index("\nattack ") + 1:].splitlines()
+    shown = [line.split()[0] for line in table[2:] if line.strip() and not line.startswith("norms")]
+    expected = [n for n in ("deepfool-l2", "cw-l2", "ddn", "pgd-l2", "pgd-linf") if n in attacks.available()]
+    assert shown == expected
+
+
+def test_demo_explicit_attacks_and_errors(data_file, capsys):
+    base = ["demo", "--quick", "--n", "3", "--model", MODEL, "--data", data_file[0]]
+    assert main(base + ["--attacks", "fgsm@0.05,ddn"]) == 0
+    out = capsys.readouterr().out
+    assert "fgsm" in out and "0.05" in out and "ddn" in out
+    assert main(base + ["--attacks", "nope"]) == 2
+    assert "unknown attack 'nope'" in capsys.readouterr().err
+    assert main(base + ["--attacks", "ddn@0.1"]) == 2
+    assert main(base + ["--attacks", "fgsm@x"]) == 2
+
+
+def test_demo_shipped_model(capsys):
+    models = pytest.importorskip("minnorm.models")
+    data = pytest.importorskip("minnorm.data")
+    if not (hasattr(models, "load_shipped") and hasattr(data, "load_sample")):
+        pytest.skip("shipped model or embedded sample not available yet")
+    if "cnn" not in models.shipped_names():
+        pytest.skip("shipped cnn not available yet")
+    assert main(["demo", "--quick", "--n", "4", "--attacks", "fgsm@0.1,ddn"]) == 0
+    assert "clean accuracy" in capsys.readouterr().out
+
+
+def test_attack_quick_uses_registered_eps(data_file, capsys):
+    eps = attacks.get("fgsm").quick["eps"]
+    assert main(["attack", "--attack", "fgsm", "--quick", "--model", MODEL, "--data", data_file[0]]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "fgsm" and float(row[2]) == eps

@@ -1,0 +1,270 @@
+"""Property tests for the lp geometry in minnorm.core.norms (Hölder directions, projections)."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.optimize import minimize
+
+from minnorm.core import (batch_view, clip_box, dual_exponent, holder_direction, lp_norm, parse_norm,
+                          project_lp_ball, scale_to_norm)
+
+INF = math.inf
+FIXED_P = [1.0, 1.5, 2.0, 3.0, INF]
+PROJ_P = [1.0, 2.0, INF]
+
+p_any = st.one_of(st.sampled_from(FIXED_P), st.floats(1.01, 50.0))
+radius_st = st.floats(0.01, 10.0)
+
+
+@st.composite
+def batches(draw, max_b: int = 3, max_n: int = 8, scale: float = 100.0) -> torch.Tensor:
+    b = draw(st.integers(1, max_b))
+    n = draw(st.integers(1, max_n))
+    a = draw(arrays(np.float64, (b, n), elements=st.floats(-scale, scale, allow_subnormal=False)))
+    return torch.from_numpy(a)
+
+
+def np_norm(v: np.ndarray, p: float) -> float:
+    return float(np.max(np.abs(v))) if math.isinf(p) else float(np.sum(np.abs(v) ** p) ** (1 / p))
+
+
+# ---------------------------------------------------------------- norms and duals
+
+@given(p_any)
+def test_dual_exponent_identities(p):
+    q = dual_exponent(p)
+    assert q >= 1
+    inv = (0.0 if math.isinf(p) else 1 / p) + (0.0 if math.isinf(q) else 1 / q)
+    assert inv == pytest.approx(1.0)
+    assert dual_exponent(q) == pytest.approx(p, rel=1e-9)
+
+
+def test_dual_exponent_special_cases():
+    assert dual_exponent(1) == INF and dual_exponent(INF) == 1.0 and dual_exponent(2) == 2.0
+    assert dual_exponent("linf") == 1.0 and dual_exponent("l1") == INF
+    with pytest.raises(ValueError, match="norm p"):
+        dual_exponent(0.5)
+
+
+@pytest.mark.parametrize("text,p", [("inf", INF), ("linf", INF), ("Linf", INF), ("l2", 2.0), ("L1", 1.0),
+                                    ("2", 2.0), (2, 2.0), (INF, INF), ("1.5", 1.5), ("infinity", INF)])
+def test_parse_norm(text, p):
+    assert parse_norm(text) == p
+
+
+@pytest.mark.parametrize("bad", [0, 0.99, -1, "l0", float("nan")])
+def test_parse_norm_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_norm(bad)
+
+
+@given(batches(), p_any)
+def test_lp_norm_matches_numpy(v, p):
+    got = lp_norm(v, p)
+    want = [np_norm(row, p) for row in v.numpy()]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-12)
+
+
+def test_lp_norm_shapes():
+    assert lp_norm(torch.zeros(3, 0), 2).shape == (3,)
+    assert lp_norm(torch.zeros(0, 1, 4, 4), INF).shape == (0,)
+    x = torch.arange(24.0).view(2, 3, 4) - 10
+    torch.testing.assert_close(lp_norm(x, 1), x.flatten(1).abs().sum(1))
+
+
+# ---------------------------------------------------------------- Hölder directions
+
+@given(batches(), p_any)
+def test_holder_direction_is_optimal(g, p):
+    """||d||_p = 1 and <g, d> = ||g||_q: the equality case of Hölder's inequality."""
+    assume(bool((g.abs().amax(1) > 1e-3).all()))
+    d = holder_direction(g, p)
+    q = dual_exponent(p)
+    torch.testing.assert_close(lp_norm(d, p), torch.ones(g.shape[0], dtype=g.dtype), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close((g * d).sum(1), lp_norm(g, q), rtol=1e-7, atol=1e-9)
+
+
+@given(batches(), st.sampled_from(FIXED_P), st.integers(0, 2**31 - 1))
+def test_holder_direction_beats_random_directions(g, p, seed):
+    assume(bool((g.abs().amax(1) > 1e-3).all()))
+    d = holder_direction(g, p)
+    r = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=g.dtype)
+    r = r / lp_norm(r, p)[:, None]
+    assert bool(((g * r).sum(1) <= (g * d).sum(1) + 1e-9).all())
+
+
+@pytest.mark.parametrize("p", FIXED_P)
+def test_holder_direction_zero_and_shape(p):
+    g = torch.zeros(2, 1, 3, 3)
+    g[1, 0, 1, 2] = -2.0
+    d = holder_direction(g, p)
+    assert d.shape == g.shape
+    assert bool((d[0] == 0).all()), "a zero gradient must give a zero direction"
+    assert float(d[1, 0, 1, 2]) == -1.0 and float(d[1].abs().sum()) == 1.0
+
+
+def test_holder_direction_special_cases():
+    g = torch.tensor([[3.0, -3.0, 1.0, -0.5]])
+    torch.testing.assert_close(holder_direction(g, INF), g.sign())
+    torch.testing.assert_close(holder_direction(g, 1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # first of ties
+    torch.testing.assert_close(holder_direction(g, 2), g / g.norm())
+
+
+@given(batches(max_b=4), st.sampled_from(FIXED_P))
+def test_holder_direction_is_per_sample(g, p):
+    d = holder_direction(g, p)
+    for i in range(g.shape[0]):
+        torch.testing.assert_close(holder_direction(g[i:i + 1], p), d[i:i + 1])
+
+
+def test_holder_direction_extreme_scales():
+    """Tiny and huge gradients (float32) must not under/overflow to NaN."""
+    for scale in (1e-30, 1e30):
+        g = torch.tensor([[1.0, -2.0, 0.5]]) * scale
+        for p in FIXED_P:
+            d = holder_direction(g, p)
+            assert bool(torch.isfinite(d).all())
+            assert float(lp_norm(d, p)) == pytest.approx(1.0, rel=1e-5)
+
+
+# ---------------------------------------------------------------- projections onto lp balls
+
+@given(batches(), st.sampled_from(PROJ_P), radius_st)
+def test_projection_inside_idempotent(v, p, r):
+    out = project_lp_ball(v, p, r)
+    assert out.shape == v.shape and out.dtype == v.dtype
+    assert bool((lp_norm(out, p) <= r * (1 + 1e-9) + 1e-12).all()), "projection leaves the ball"
+    torch.testing.assert_close(project_lp_ball(out, p, r), out, rtol=1e-9, atol=1e-9)
+    inside = lp_norm(v, p) <= r
+    torch.testing.assert_close(out[inside], v[inside], rtol=0, atol=0)
+
+
+@given(batches(max_n=6), st.sampled_from(PROJ_P), radius_st)
+def test_projection_is_euclidean(v, p, r):
+    """<v - P(v), z - P(v)> <= 0 for every z in the ball characterises the Euclidean projection.
+    The form is linear in z, so the vertices of the l1 / linf ball suffice; for l2 compare with
+    the closed form v * min(1, r / ||v||)."""
+    out = project_lp_ball(v, p, r)
+    n = v.shape[1]
+    if p == 2:
+        want = v * torch.clamp(r / v.norm(dim=1, keepdim=True), max=1.0)
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+        return
+    if p == 1:
+        z = torch.cat([torch.eye(n), -torch.eye(n)]).to(v) * r
+    else:
+        z = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=n)), dtype=v.dtype) * r
+    res = v - out  # [B, n]
+    gap = ((z[None] - out[:, None]) * res[:, None]).sum(-1)  # [B, vertices]
+    scale = 1 + v.abs().amax(1, keepdim=True) * r
+    assert bool((gap <= 1e-9 * scale).all()), f"not the Euclidean projection, max gap {float(gap.max())}"
+
+
+def _l1_projection_bisection(v: np.ndarray, r: float) -> np.ndarray:
+    """Independent oracle: soft-threshold at the theta with sum(max(|v| - theta, 0)) = r."""
+    if np.abs(v).sum() <= r:
+        return v
+    lo, hi = 0.0, float(np.abs(v).max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if np.maximum(np.abs(v) - mid, 0).sum() > r:
+            lo = mid
+        else:
+            hi = mid
+    return np.sign(v) * np.maximum(np.abs(v) - hi, 0)
+
+
+@given(batches(max_n=8), radius_st)
+def test_l1_projection_matches_bisection(v, r):
+    out = project_lp_ball(v, 1, r).numpy()
+    for row, got in zip(v.numpy(), out):
+        np.testing.assert_allclose(got, _l1_projection_bisection(row, r), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("p", PROJ_P)
+def test_projection_matches_scipy(p, seed):
+    """The closest point of the ball found by a generic solver (SLSQP) on tiny vectors."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=5) * 2
+    r = 0.7
+    cons = [{"type": "ineq", "fun": lambda z: r - np_norm(z, p)}] if p == 2 else []
+    if p == 1:  # |z|_1 <= r as a smooth problem: z = a - b, a, b >= 0, sum(a + b) <= r
+        fun = lambda ab: 0.5 * np.sum((ab[:5] - ab[5:] - v) ** 2)  # noqa: E731
+        sol = minimize(fun, np.zeros(10), method="SLSQP", bounds=[(0, None)] * 10,
+                       constraints=[{"type": "ineq", "fun": lambda ab: r - ab.sum()}], options={"ftol": 1e-14})
+        want = sol.x[:5] - sol.x[5:]
+    else:
+        bounds = [(-r, r)] * 5 if math.isinf(p) else None
+        sol = minimize(lambda z: 0.5 * np.sum((z - v) ** 2), np.zeros(5), method="SLSQP", bounds=bounds,
+                       constraints=cons, options={"ftol": 1e-14})
+        want = sol.x
+    got = project_lp_ball(torch.from_numpy(v)[None], p, r)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", PROJ_P)
+def test_projection_per_sample_radius(p):
+    v = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = torch.tensor([0.0, 0.1, 1.0, 100.0], dtype=torch.float64)
+    out = project_lp_ball(v, p, r)
+    for i in range(4):
+        torch.testing.assert_close(out[i:i + 1], project_lp_ball(v[i:i + 1], p, float(r[i])))
+    assert bool((out[0] == 0).all())
+    torch.testing.assert_close(out[3], v[3])
+
+
+def test_projection_float32_and_unsupported_p():
+    v = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
+    for p in PROJ_P:
+        out = project_lp_ball(v, p, 0.5)
+        assert out.dtype == torch.float32
+        assert bool((lp_norm(out, p) <= 0.5 * (1 + 1e-5)).all())
+    with pytest.raises(ValueError, match="l3"):
+        project_lp_ball(v, 3, 1.0)
+
+
+# ---------------------------------------------------------------- sphere, box, broadcasting
+
+@given(batches(), p_any, radius_st)
+def test_scale_to_norm(v, p, r):
+    out = scale_to_norm(v, p, r)
+    nonzero = v.abs().amax(1) > 1e-3
+    torch.testing.assert_close(lp_norm(out[nonzero], p), torch.full((int(nonzero.sum()),), r, dtype=v.dtype),
+                               rtol=1e-9, atol=1e-12)
+    # same direction: a non-negative multiple of v
+    ratio = lp_norm(out, p) / lp_norm(v, p).clamp_min(1e-300)
+    torch.testing.assert_close(out[nonzero], v[nonzero] * ratio[nonzero, None], rtol=1e-9, atol=1e-12)
+
+
+def test_scale_to_norm_zero_and_per_sample_radius():
+    v = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    out = scale_to_norm(v, 2, torch.tensor([5.0, 10.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [6.0, 8.0], [2.0, 0.0]], dtype=torch.float64))
+
+
+def test_scale_to_norm_extreme_scales():
+    """float32 rows of size 1e-30 or 1e30 must still land on the sphere, not at 0, inf or NaN."""
+    for scale in (1e-30, 1e30):
+        v = torch.tensor([[1.0, -2.0, 0.5]]) * scale
+        for p in FIXED_P:
+            out = scale_to_norm(v, p, 0.5)
+            assert float(lp_norm(out, p)) == pytest.approx(0.5, rel=1e-5)
+            torch.testing.assert_close(out.sign(), v.sign())
+
+
+def test_batch_view_and_clip_box():
+    like = torch.zeros(3, 2, 4, 4)
+    assert batch_view(torch.ones(3), like).shape == (3, 1, 1, 1)
+    assert batch_view(0.5, like) == 0.5
+    scalar = torch.tensor(2.0)
+    assert batch_view(scalar, like) is scalar
+    x = torch.tensor([[-1.0, 0.5, 3.0]])
+    torch.testing.assert_close(clip_box(x, (0.0, 2.0)), torch.tensor([[0.0, 0.5, 2.0]]))
