@@ -1,0 +1,4 @@
+"""Evaluation: running attacks over data, metrics, robustness measures, best-of ensembles, reports.
+
+Attacks never import this package; it knows attacks only through the registry.
+"""
