@@ -26,6 +26,7 @@ from ..core import (
     lp_norm,
     parse_norm,
     register,
+    relative_perturbation,
     start_attack,
 )
 from .trsub import lanczos
@@ -37,11 +38,6 @@ __all__ = ["trust_region"]
 # boundary walk at 4x the distance of the first crossing (0.1x-2x and no radius at all end worse).
 _FIRST_RADIUS = 0.1
 _REFINE_RADIUS = 4.0
-
-
-def relative_perturbation(adversarials: torch.Tensor, inputs: torch.Tensor, p: float) -> torch.Tensor:
-    """||adv - x||_p / ||x||_p per sample, the paper's metric rho_p (eq. (4))."""
-    return lp_norm(adversarials - inputs, p) / lp_norm(inputs, p)
 
 
 def _box_linear_step(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, need: torch.Tensor,

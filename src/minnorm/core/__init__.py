@@ -1,7 +1,7 @@
 """The contract every attack obeys (see DESIGN.md): results, lp geometry, counting, checks, registry."""
 from .counting import CountedModel, PassBudgetExceeded
 from .norms import (batch_view, clip_box, dual_exponent, holder_direction, lp_norm, parse_norm,
-                    project_lp_ball, scale_to_norm)
+                    project_lp_ball, relative_perturbation, scale_to_norm)
 from .registry import AttackSpec, available, get, register, specs
 from .result import AttackResult
 from .run import AttackRun, is_adversarial, make_generator, rand_like, start_attack
@@ -11,5 +11,5 @@ __all__ = [
     "AttackResult", "AttackRun", "AttackSpec", "CountedModel", "PassBudgetExceeded", "available", "batch_view",
     "check_bounds", "check_inputs", "check_int", "check_logits", "check_positive", "clip_box", "dual_exponent",
     "get", "holder_direction", "is_adversarial", "lp_norm", "make_generator", "parse_norm", "project_lp_ball",
-    "rand_like", "register", "scale_to_norm", "specs", "start_attack",
+    "rand_like", "register", "relative_perturbation", "scale_to_norm", "specs", "start_attack",
 ]

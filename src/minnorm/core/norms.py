@@ -48,6 +48,12 @@ def lp_norm(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.linalg.vector_norm(flat, ord=p, dim=1)
 
 
+def relative_perturbation(adversarials: torch.Tensor, inputs: torch.Tensor, p: float) -> torch.Tensor:
+    """||adv - x||_p / ||x||_p per sample: rho_p of the trust-region paper (eq. (4)) and the
+    relative perturbation of DeepFool; inf for an all-zero input with a nonzero perturbation."""
+    return lp_norm(adversarials - inputs, p) / lp_norm(inputs, p)
+
+
 def holder_direction(g: torch.Tensor, p: float) -> torch.Tensor:
     """Maximiser of <g, d> over the unit lp ball, per sample (Hölder's equality case).
 
