@@ -122,3 +122,78 @@ def scale_to_norm(delta: torch.Tensor, p: float, radius: torch.Tensor | float) -
 def clip_box(x: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     """Clip to the input box [lower, upper]."""
     return x.clamp(bounds[0], bounds[1])
+
+
+def holder_step_in_box(g: torch.Tensor, p: float, radius: torch.Tensor | float, x: torch.Tensor | None = None,
+                       bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """Maximiser of <g, eta> over {||eta||_p <= radius, lower <= x + eta <= upper}, per sample.
+
+    The closed form of (GNII) in Balda et al. (Prop. 2, eqs. (6)-(7)) extended to the input box
+    (call it with ``-grad L`` to minimise). Without ``x``/``bounds`` it is ``radius *
+    holder_direction(g, p)``. With the box, every coordinate moves with sign(g_i) by ``t_i`` in
+    ``[0, room_i]``, room_i being the distance to the face that sign points to, and the problem
+    becomes ``max sum |g_i| t_i`` s.t. ``||t||_p <= radius``, ``0 <= t <= room``, solved exactly:
+
+    - p = inf: ``t_i = min(radius, room_i)`` (the coordinates are independent).
+    - p = 1: a fractional knapsack: fill the coordinates in decreasing order of |g_i| up to
+      their room until the budget is spent.
+    - 1 < p < inf: water-filling. The KKT conditions give ``t_i = min(room_i, c * w_i)`` with
+      ``w = |holder_direction(g, p)|`` (proportional to |g|^(q-1), the unboxed optimum) and one
+      multiplier level ``c`` per sample where ``||t||_p = radius``. ``||t(c)||_p^p`` is
+      increasing and has the closed form ``sum_capped room^p + c^p sum_free w^p`` between the
+      breakpoints ``room_i / w_i``; sorting them locates the segment and ``c`` solves exactly
+      (no bisection). When even ``t = room`` fits in the ball, that is the answer.
+
+    Cost: one sort of the coordinates per sample for p < inf. ``radius`` is a float or a
+    ``[B]`` tensor; the result has ``g``'s shape.
+    """
+    p = parse_norm(p)
+    flat = g.flatten(1)
+    r = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).expand(flat.shape[0])
+    if x is None or bounds is None:
+        return holder_direction(g, p) * batch_view(r, g)
+    xf = x.flatten(1).to(flat.dtype)
+    room = torch.where(flat > 0, bounds[1] - xf, xf - bounds[0]).clamp_min(0)
+    room = torch.where(flat == 0, torch.zeros_like(room), room)
+    if flat.shape[1] == 0:
+        return g.clone()
+    if math.isinf(p):
+        t = torch.minimum(room, r[:, None])
+    elif p == 1:
+        t = _greedy_fill(flat.abs(), room, r)
+    else:
+        tiny = torch.finfo(flat.dtype).tiny
+        # Work in units of the radius: t_i <= radius always, so rooms beyond it change nothing.
+        u = (room / r.clamp_min(tiny)[:, None]).clamp(max=1.0)
+        t = _water_fill(holder_direction(flat, p).abs(), u, p) * r[:, None]
+    return (flat.sign() * t).view_as(g)
+
+
+def _greedy_fill(a: torch.Tensor, room: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    order = a.argsort(dim=1, descending=True, stable=True)
+    cap = room.gather(1, order)
+    before = cap.cumsum(1) - cap
+    t_sorted = torch.minimum((radius[:, None] - before).clamp_min(0), cap)
+    return torch.zeros_like(a).scatter_(1, order, t_sorted)
+
+
+def _water_fill(w: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
+    """t = min(u, c w) with ||t||_p = 1 (or t = u where w > 0 if that fits), u in [0, 1]."""
+    free = w > 0
+    breaks = torch.where(free, u / torch.where(free, w, torch.ones_like(w)), torch.full_like(w, math.inf))
+    breaks, order = breaks.sort(dim=1, stable=True)
+    up, wp = u.gather(1, order) ** p, w.gather(1, order) ** p
+    up = torch.where(torch.isinf(breaks), torch.zeros_like(up), up)
+    capped = up.cumsum(1)  # sum of room^p over the coordinates capped at breakpoint j (inclusive)
+    rest = wp.flip(1).cumsum(1).flip(1) - wp  # sum of w^p over the coordinates after j
+    rest = rest.clamp_min(0)
+    level = torch.where(rest > 0, breaks ** p * rest, torch.zeros_like(rest))
+    phi = torch.where(torch.isinf(breaks), torch.full_like(up, math.inf), capped + level)
+    k = (phi <= 1).sum(1, keepdim=True)  # phi is nondecreasing along the sorted breakpoints
+    total_w = wp.sum(1, keepdim=True)
+    prev = (k - 1).clamp_min(0)
+    used = torch.where(k > 0, capped.gather(1, prev), torch.zeros_like(total_w))
+    left_w = torch.where(k > 0, rest.gather(1, prev), total_w)
+    c = torch.where(left_w > 0, ((1 - used).clamp_min(0) / left_w.clamp_min(torch.finfo(w.dtype).tiny)) ** (1 / p),
+                    torch.full_like(left_w, math.inf))
+    return torch.where(free, torch.minimum(u, c * w), torch.zeros_like(u))
