@@ -1,6 +1,7 @@
 """minnorm: small adversarial perturbations, found fast, turned into honest robustness numbers."""
 from . import attacks, core
 from .core import AttackResult
+from .evaluation import evaluate
 
 __version__ = "0.1.0"
-__all__ = ["AttackResult", "attacks", "core", "__version__"]
+__all__ = ["AttackResult", "attacks", "core", "evaluate", "__version__"]

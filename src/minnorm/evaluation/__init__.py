@@ -2,3 +2,5 @@
 
 Attacks never import this package; it knows attacks only through the registry.
 """
+from .results import Evaluation as Evaluation
+from .run import evaluate as evaluate

@@ -1,0 +1,173 @@
+"""The result of an evaluation: settings, the per-sample table, summaries and checks.
+
+Batches are stored as JSON records (see :mod:`.store`); :func:`build_table` joins them, in global
+batch order, into one column table (numpy arrays) that every report is computed from. Norms are
+``inf`` for an attacked sample no attack broke and ``nan`` for a sample that was not attacked
+(misclassified from the start).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import ALL, default_grid, sanity_checks, summarize
+from .plan import check_grid
+
+
+def batch_record(batch: int, index: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor,
+                 outcomes: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-ready record of one batch; ``outcomes`` maps attack name to :class:`~.execute.Outcome`."""
+    def floats(t: torch.Tensor) -> list[float | None]:
+        return [float(v) if math.isfinite(v) else None for v in t.double().tolist()]
+
+    attacks = {}
+    for name, o in outcomes.items():
+        attacks[name] = {"norm": floats(o.norms), "relative": floats(o.relative), "passes": o.passes.tolist(),
+                         "over_budget": o.over_budget.tolist(), "seconds": o.seconds,
+                         "success_at": {f"{e:g}": hit.tolist() for e, hit in o.success_at.items()}}
+    return {"batch": batch, "index": index.tolist(), "label": labels.tolist(), "clean_pred": clean_pred.tolist(),
+            "attacks": attacks}
+
+
+def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    records = sorted(records, key=lambda r: r["batch"])
+    cat = (lambda key: np.concatenate([np.asarray(r[key], dtype=np.int64) for r in records])
+           if records else np.zeros(0, dtype=np.int64))
+    table: dict[str, np.ndarray] = {"index": cat("index"), "label": cat("label"), "clean_pred": cat("clean_pred")}
+    correct = table["label"] == table["clean_pred"]
+    table["correct"] = correct
+    n = len(correct)
+    for p in plans:
+        a = p["name"]
+        cols = {"norm": np.full(n, np.nan), "relative": np.full(n, np.nan), "passes": np.zeros(n, dtype=np.int64),
+                "over_budget": np.zeros(n, dtype=bool), "seconds": np.zeros(n)}
+        hits = {f"{e:g}": np.zeros(n, dtype=bool) for e in p.get("epsilons", [])}
+        start = 0
+        for r in records:
+            size = len(r["index"])
+            rows = start + np.flatnonzero(np.asarray(r["label"]) == np.asarray(r["clean_pred"]))
+            start += size
+            if len(rows) == 0:
+                continue
+            got = r["attacks"][a]
+            cols["norm"][rows] = [np.inf if v is None else v for v in got["norm"]]
+            cols["relative"][rows] = [np.nan if v is None else v for v in got["relative"]]
+            cols["passes"][rows] = got["passes"]
+            cols["over_budget"][rows] = got["over_budget"]
+            cols["seconds"][rows] = got["seconds"] / len(rows)
+            for e, hit in got["success_at"].items():
+                hits[e][rows] = hit
+        for key, col in cols.items():
+            table[f"{a}.{key}"] = col
+        table[f"{a}.success"] = np.isfinite(cols["norm"])
+        for e, col in hits.items():
+            table[f"{a}.success@{e}"] = col
+    _best_of_all(table, [p["name"] for p in plans], correct)
+    return table
+
+
+def _best_of_all(table: dict[str, np.ndarray], names: list[str], correct: np.ndarray) -> None:
+    n = len(correct)
+    best = np.where(correct, np.inf, np.nan)
+    which = np.full(n, "", dtype=object)
+    rel = np.full(n, np.nan)
+    for a in names:  # strict < keeps the first attack listed on ties
+        better = table[f"{a}.norm"] < best
+        best = np.where(better, table[f"{a}.norm"], best)
+        rel = np.where(better, table[f"{a}.relative"], rel)
+        which[better] = a
+    table["best_norm"], table["best_attack"], table["best_relative"] = best, which, rel
+    table["best_success"] = np.isfinite(best)
+    table["best_passes"] = sum((table[f"{a}.passes"] for a in names), np.zeros(n, dtype=np.int64))
+    table["best_seconds"] = sum((table[f"{a}.seconds"] for a in names), np.zeros(n))
+    table["best_over_budget"] = np.zeros(n, dtype=bool)
+    for a in names:
+        table["best_over_budget"] |= table[f"{a}.over_budget"]
+
+
+def sample_columns(plans: list[dict[str, Any]]) -> list[str]:
+    """Columns of the per-sample table, in report order."""
+    cols = ["index", "label", "clean_pred", "correct"]
+    for p in plans:
+        a = p["name"]
+        cols += [f"{a}.norm", f"{a}.success", f"{a}.relative", f"{a}.passes", f"{a}.over_budget", f"{a}.seconds"]
+        cols += [f"{a}.success@{e:g}" for e in p.get("epsilons", [])]
+    return cols + ["best_norm", "best_attack", "best_relative", "best_passes", "best_seconds"]
+
+
+@dataclass
+class Evaluation:
+    """What :func:`minnorm.evaluate` returns and ``minnorm report`` rebuilds from a run folder."""
+
+    config: dict[str, Any]
+    environments: list[dict[str, Any]]
+    table: dict[str, np.ndarray]
+    folder: Path | None = None
+    grid: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.grid = check_grid(self.config.get("grid")) or default_grid(self.table)
+        margin = self.config.get("sanity_margin", 0.1)
+        self.summary = summarize(self.table, self.plans, self.grid)
+        self.warnings = sanity_checks(self.table, self.plans, self.summary, self.grid, margin)
+
+    @property
+    def plans(self) -> list[dict[str, Any]]:
+        return self.config["attacks"]
+
+    @property
+    def attack_names(self) -> list[str]:
+        return [p["name"] for p in self.plans]
+
+    @property
+    def samples(self) -> int:
+        return len(self.table["index"])
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.table["correct"].mean()) if self.samples else math.nan
+
+    def row(self, attack: str = ALL) -> dict[str, Any]:
+        return next(r for r in self.summary if r["attack"] == attack)
+
+    def per_sample(self) -> list[dict[str, Any]]:
+        """The per-sample table as rows (plain Python values; inf/nan as floats)."""
+        cols = sample_columns(self.plans)
+        return [{c: _plain(self.table[c][i]) for c in cols} for i in range(self.samples)]
+
+    def save(self, folder: str | Path | None = None) -> Path:
+        """Write every report (JSON, CSV, Markdown, PNG plots, HTML) into ``folder``."""
+        from .report import write_reports
+
+        target = Path(folder) if folder is not None else self.folder
+        if target is None:
+            raise ValueError("save(folder): this evaluation has no output folder; name one")
+        write_reports(self, target)
+        return target
+
+    @classmethod
+    def load(cls, folder: str | Path, grid: list[float] | None = None) -> "Evaluation":
+        """Rebuild from a run folder (finished or not: an interrupted run reports what it has)."""
+        from .store import RunStore
+
+        store = RunStore(folder)
+        manifest = store.manifest()
+        if manifest is None:
+            raise FileNotFoundError(f"{folder} is not an evaluation run folder (no run.json); "
+                                    "give the --out folder of `minnorm evaluate`")
+        config = dict(manifest["config"])
+        if grid is not None:
+            config["grid"] = check_grid(grid)
+        table = build_table(store.load_batches(), config["attacks"])
+        return cls(config, manifest["environments"], table, Path(folder))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

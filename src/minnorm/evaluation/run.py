@@ -1,0 +1,179 @@
+"""``minnorm.evaluate``: registered attacks over a data set, in batches, resumable, shardable.
+
+Batches are fixed globally (batch ``b`` holds samples ``b*batch_size ...``); each attack on
+batch ``b`` gets its own generator seeded from ``(seed, b, attack name)``. So a batch's result
+depends neither on which process ran it nor on what ran before, which is what makes a resumed
+run and a ``torchrun`` run (batches dealt round-robin over ranks) equal to a single uninterrupted
+process.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import parse_norm
+from . import distributed as dist_util
+from .execute import run_plan
+from .plan import box_diameter, check_grid, make_plans
+from .results import Evaluation, batch_record, build_table
+from .store import RunStore, environment, model_fingerprint, tensor_fingerprint
+
+
+def batch_seed(seed: int, batch: int, attack: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{batch}/{attack}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm: float | str = 2, *,
+             batch_size: int = 100, seed: int = 0, budget: int | None = None,
+             epsilons: Sequence[float] | None = None, eps_search: bool = False, search_steps: int = 10,
+             search_max: float | None = None, grid: Sequence[float] | None = None,
+             bounds: tuple[float, float] = (0.0, 1.0), out: str | os.PathLike | None = None,
+             overwrite: bool = False, device: torch.device | str | None = None, progress: bool = True,
+             save_adversarials: bool = True, examples: int = 6, sanity_margin: float = 0.1,
+             quick: bool = False, describe: dict[str, Any] | None = None) -> Evaluation:
+    """Run registered ``attacks`` on the correctly classified samples of ``data``.
+
+    ``data`` is a pair ``(inputs, labels)`` of tensors (or a dataset of such pairs). ``attacks``:
+    ``"ddn,tr-l2"``, a list of names or ``(name, params)`` pairs, or ``{name: params}``; all must
+    work in ``norm``. Fixed-epsilon attacks run at ``epsilons`` or, with ``eps_search``, are
+    bisected per sample (``search_steps`` steps on ``[0, search_max]``, default the box diameter).
+    ``budget`` caps forward+backward passes per sample per attack (see :mod:`.execute`).
+    ``grid`` is the epsilon grid of the robust accuracy curves (default: 21 radii up to the
+    largest best-of-all norm). With ``out`` every batch is saved as it finishes, an unfinished
+    run in ``out`` is resumed, and the reports are written there at the end; a finished run is
+    kept unless ``overwrite``. Under ``torchrun`` the batches are shared among the ranks.
+    """
+    x, y = _as_tensors(data)
+    p = parse_norm(norm)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
+    if not isinstance(search_steps, int) or search_steps < 0:
+        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
+    grid = check_grid(grid)
+    lo, hi = (float(b) for b in bounds)
+    if not lo < hi:
+        raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
+    if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
+        raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
+                         f"{float(x.max()):g}]; rescale the data or pass bounds=")
+    plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick)
+    for plan in plans:
+        if plan.mode == "search" and plan.search_max is None:
+            plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, (lo, hi))
+    device = torch.device(device) if device is not None else _model_device(model)
+
+    config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
+                        "fingerprint": model_fingerprint(model)},
+              "data": {**(describe or {}).get("data", {}), "samples": len(x), "shape": list(x.shape[1:]),
+                       "fingerprint": tensor_fingerprint(x, y)},
+              "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
+              "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
+              "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin}
+
+    group = dist_util.setup(device)
+    try:
+        return _run(model, x, y, plans, config, group, out=out, overwrite=overwrite, device=device,
+                    progress=progress, save_adversarials=save_adversarials)
+    finally:
+        group.close()
+
+
+def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress, save_adversarials) -> Evaluation:
+    store = RunStore(out) if out is not None else None
+    done: set[int] = set()
+    if store is not None:
+        # Rank 0 opens (or refuses) the folder; the others learn the verdict from it.
+        verdict = None
+        if group.rank == 0:
+            try:
+                done = store.open(config, overwrite=overwrite)
+            except ValueError as err:
+                verdict = str(err)
+        verdict, done = group.broadcast((verdict, done))
+        if verdict is not None:
+            raise ValueError(verdict)
+    bs = config["batch_size"]
+    n_batches = math.ceil(len(x) / bs)
+    mine = [b for b in range(n_batches) if b % group.world == group.rank and b not in done]
+    records = []
+    bar = tqdm(mine, desc="evaluate", unit="batch", disable=(not progress or group.rank != 0) or None,
+               dynamic_ncols=True)
+    for b in bar:
+        record, tensors = _one_batch(model, x, y, b, bs, plans, config, device)
+        if store is not None:
+            store.save_batch(b, record, tensors if save_adversarials else None)
+        records.append(record)
+    bar.close()
+    records = group.gather(records)
+    environments = [environment()]
+    if store is not None and group.rank == 0:
+        for r in records:  # ranks without a shared file system: keep every batch with the results
+            if not (store.batches / f"batch-{r['batch']:06d}.json").is_file():
+                store.save_batch(r["batch"], r, None)
+        records = store.load_batches()  # with the batches of earlier, interrupted attempts
+        environments = store.manifest()["environments"]
+    records, environments = group.broadcast((records, environments))
+    evaluation = Evaluation(config, environments, build_table(records, config["attacks"]),
+                            Path(out) if out is not None else None)
+    if store is not None and group.rank == 0:
+        evaluation.save(store.folder)
+        store.finish()
+    group.barrier()
+    return evaluation
+
+
+def _one_batch(model, x, y, b, bs, plans, config, device):
+    xb = x[b * bs:(b + 1) * bs].to(device)
+    yb = y[b * bs:(b + 1) * bs].to(device)
+    with torch.no_grad():
+        pred = model(xb).argmax(dim=1) if len(xb) else yb.clone()
+    correct = pred == yb
+    xa, ya = xb[correct], yb[correct]
+    outcomes = {}
+    for plan in plans:
+        gen = torch.Generator(device=device).manual_seed(batch_seed(config["seed"], b, plan.name))
+        outcomes[plan.name] = run_plan(plan, model, xa, ya, generator=gen, bounds=tuple(config["bounds"]),
+                                       budget=config["budget"], search_steps=config["search_steps"])
+    index = torch.arange(b * bs, b * bs + len(xb))
+    record = batch_record(b, index, yb.cpu(), pred.cpu(), outcomes)
+    tensors = {"index": index[correct.cpu()], "inputs": xa.cpu()}
+    tensors.update({f"adv/{name}": o.adversarials for name, o in outcomes.items()})
+    return record, tensors
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    elif isinstance(data, torch.utils.data.Dataset):
+        pairs = [data[i] for i in range(len(data))]
+        if not pairs:
+            raise ValueError("data is an empty dataset")
+        x = torch.stack([torch.as_tensor(a) for a, _ in pairs])
+        y = torch.as_tensor([int(b) for _, b in pairs])
+    else:
+        raise TypeError(f"data must be a pair (inputs, labels) of tensors or a Dataset of pairs, "
+                        f"got {type(data).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"inputs must be a floating-point tensor, got {x.dtype}")
+    if y.dim() != 1 or len(y) != len(x) or torch.is_floating_point(y):
+        raise ValueError(f"labels must be an integer tensor [N] matching {len(x)} inputs, got "
+                         f"{y.dtype} {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError("data holds no samples")
+    return x, y.long()
