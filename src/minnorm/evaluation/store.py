@@ -110,6 +110,12 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old != new:
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            name = a.get("name", i) if isinstance(a, dict) and isinstance(b, dict) and a.get("name") == b.get("name") else i
+            out += _differences(a, b, f"{prefix}{name}.")
+        return out
     if old != new:
         return [f"{prefix.rstrip('.')}: saved {old!r}, now {new!r}"]
     return []

@@ -1,0 +1,131 @@
+"""``minnorm evaluate``: several registered attacks over a data set, with every report."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from . import _common as c
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="robustness evaluation: attacks over a data set, resumable, with reports",
+        description="Run registered attacks on the correctly classified samples of a data set, batch by "
+                    "batch. With --out, each batch is saved as it finishes (an interrupted run resumes "
+                    "when started again with the same settings) and results.json, samples.csv, summary.csv, "
+                    "summary.md, plots/*.png and report.html are written at the end. Under "
+                    "`torchrun --nproc_per_node K -m minnorm evaluate ...` the batches are shared among K "
+                    "processes and merged into the result of a single process.",
+        epilog="examples:\n  minnorm evaluate --model cnn --data sample --n 100 --attacks ddn,tr-l2,deepfool-l2 "
+               "--out out/\n  minnorm evaluate --attacks fgsm,pgd-linf,tr-linf --norm inf --epsilons 0.05,0.1,0.2 "
+               "--out out/\n  minnorm evaluate --attacks pgd-l2,ddn --eps-search --param pgd-l2.steps=20 --out out/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--attacks", required=True, metavar="A,B,...", help="registered attack names (minnorm attack --list)")
+    p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's)")
+    p.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE", default=[],
+                   help="attack hyper-parameter as a Python literal, e.g. ddn.steps=200; the ATTACK. prefix may "
+                        "be left out when only one attack is given (repeatable)")
+    p.add_argument("--model", default="cnn", help="shipped model name or pkg.module:factory (default: cnn)")
+    p.add_argument("--weights", help="weights to load into the model (.safetensors or .pt)")
+    p.add_argument("--data", default="sample",
+                   help="sample, fashion-mnist, cifar10, a dataset path, or a .pt/.safetensors file with x and y "
+                        "(default: sample)")
+    p.add_argument("--n", type=c.positive_int, help="evaluate the first N samples (default: all)")
+    p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
+    p.add_argument("--eps-search", action="store_true",
+                   help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
+    p.add_argument("--search-steps", type=int, default=10, help="bisection steps of --eps-search (default: 10)")
+    p.add_argument("--search-max", type=float, help="upper end of the bisection (default: the box diameter)")
+    p.add_argument("--grid", help="epsilon grid of the robust accuracy curves, increasing: 0,0.5,1 or 0:2:21 "
+                                  "(default: 21 radii up to the largest best-of-all norm)")
+    p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample and attack")
+    p.add_argument("--out", help="output folder (saved batches, reports); default: print only")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--examples", type=int, default=6, help="example images in the report (default: 6)")
+    p.add_argument("--no-adversarials", action="store_true",
+                   help="do not keep inputs and adversarials with the batches (no example figure)")
+    p.add_argument("--sanity-margin", type=float, default=0.1,
+                   help="robust-accuracy margin by which a fixed-epsilon attack beating every minimal-norm "
+                        "attack is flagged (default: 0.1)")
+    c.add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def attack_params(items: list[str], names: list[str]) -> dict[str, dict]:
+    """``ddn.steps=50`` -> ``{"ddn": {"steps": 50}}``; a bare key needs a single attack."""
+    per: dict[str, dict] = {n: {} for n in names}
+    for item in items:
+        key, sep, value = item.partition("=")
+        attack, dot, name = key.strip().partition(".")
+        if not dot:
+            if len(names) != 1:
+                raise ValueError(f"--param {item!r}: say which attack it is for, e.g. {names[0]}.{key.strip()}=...")
+            attack, name = names[0], attack
+        if attack not in per:
+            raise ValueError(f"--param {item!r}: {attack!r} is not one of --attacks ({', '.join(names)})")
+        per[attack].update(c.parse_params([f"{name}{sep}{value}"]))
+    return per
+
+
+def load_model_checked(args, device: torch.device) -> torch.nn.Module:
+    try:
+        return c.load_model(args.model, args.weights, device)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as err:  # a factory or a weights file that does not fit: say which
+        what = f"--weights {args.weights} into --model {args.model}" if args.weights else f"--model {args.model}"
+        raise ValueError(f"could not load {what}: {type(err).__name__}: {err}. Check that the weights were saved "
+                         "from this architecture and that the factory builds it without arguments") from None
+
+
+def load_data_checked(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    looks_like_path = os.sep in spec or spec.startswith(".") or Path(spec).suffix != ""
+    if looks_like_path and ":" not in spec and not Path(spec).expanduser().exists():
+        raise FileNotFoundError(f"--data: no such file or folder: {spec}; give an existing path, or one of "
+                                "sample, fashion-mnist, cifar10")
+    return c.load_data(spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import evaluation
+    from ..evaluation.plan import parse_grid
+
+    names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
+    params = attack_params(args.param, names)
+    norm = args.norm if args.norm is not None else specs[0].norm
+    epsilons = parse_grid(args.epsilons, "--epsilons") if args.epsilons else None
+    grid = parse_grid(args.grid, "--grid") if args.grid else None
+    device = c.resolve_device(args.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per torchrun rank
+    x, y = load_data_checked(args.data)
+    if args.n is not None:
+        x, y = x[:args.n], y[:args.n]
+    model = load_model_checked(args, device)
+    describe = {"model": {"name": args.model, "weights": args.weights},
+                "data": {"name": args.data, "first": args.n}}
+    ev = evaluation.evaluate(model, (x, y), params, norm, batch_size=args.batch_size, seed=args.seed,
+                             budget=args.budget, epsilons=epsilons, eps_search=args.eps_search,
+                             search_steps=args.search_steps, search_max=args.search_max, grid=grid,
+                             out=args.out, overwrite=args.overwrite, device=device,
+                             save_adversarials=not args.no_adversarials, examples=args.examples,
+                             sanity_margin=args.sanity_margin, quick=args.quick, describe=describe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_evaluation(ev)
+        if args.out:
+            print(f"wrote {args.out}/: results.json samples.csv summary.csv summary.md plots/ report.html")
+    return 0
+
+
+def print_evaluation(ev) -> None:
+    from ..evaluation.report import settings_lines, table_cells
+
+    for line in settings_lines(ev):
+        print(line)
+    print(c.format_table(*table_cells(ev)))
+    for w in ev.warnings:
+        print(f"WARNING [{w['check']}]: {w['message']}")
