@@ -185,3 +185,69 @@ def test_pgd_training_path():
     log = train(model, TRAIN, TEST, epochs=1, lr=0.01, batch_size=32, adversary="pgd-l2", max_norm=0.5,
                 adversary_kwargs={"steps": 2}, robust_samples=16, progress=False)
     assert 0 <= log[0]["robust_accuracy"] <= 1 and model.training
+
+
+def test_ddn_training_adversary_caps_every_sample():
+    # Rony et al. Sec. 5: DDN's perturbation renormed to at most max_norm, for every sample --
+    # also the ones DDN never made adversarial (their capped last iterate), none left clean.
+    model = _mlp()
+    train(model, TRAIN, None, epochs=1, lr=0.01, batch_size=16, progress=False)
+    x, y = TEST[0][:32], TEST[1][:32]
+    adv = Adversary("ddn", 0.3, {"steps": 20})
+    assert adv._train_kwargs["max_norm"] == 0.3 and "max_norm" not in adv.kwargs
+    model.train()
+    out = adv.perturb(model, x, y, torch.Generator().manual_seed(0))
+    assert model.training
+    from minnorm.core import lp_norm
+    norms = lp_norm(out - x, 2)
+    assert float(norms.max()) <= 0.3 + 1e-5 and 0 <= out.min() and out.max() <= 1
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    # correctly classified samples all move, most of them up to the cap
+    assert bool((norms[correct] > 0).all()) and float(norms[correct].median()) > 0.25
+    free = minnorm_ddn(model, x, y, steps=20)
+    inside = free.success & (free.norms <= 0.3)
+    torch.testing.assert_close(out[inside], free.adversarials[inside])  # within the cap: DDN's own answer
+    robust = adv.robust_correct(model, x, y)
+    assert bool((robust == (correct & ~inside)).all())
+
+
+def minnorm_ddn(model, x, y, **kwargs):
+    from minnorm.attacks import ddn
+    return ddn(model.eval(), x, y, **kwargs)
+
+
+def test_any_registered_attack_is_an_adversary():
+    # A minimal-norm Linf attack (trust region, as in the TR paper's appendix): its perturbation
+    # is projected onto the max_norm ball; samples it does not break train on clean images.
+    model = _mlp()
+    train(model, TRAIN, None, epochs=1, lr=0.01, batch_size=16, progress=False)
+    x, y = TEST[0][:16], TEST[1][:16]
+    adv = Adversary("tr-linf", 0.02, {"steps": 10, "refine_steps": 0})
+    assert adv.spec.minimal and math.isinf(adv.norm)
+    out = adv.perturb(model, x, y)
+    assert float((out - x).abs().max()) <= 0.02 + 1e-6
+    assert float((out - x).abs().flatten(1).amax(1).max()) > 0.01  # the cap binds: not the clean input
+    log = train(model, TRAIN, TEST, epochs=1, lr=0.01, batch_size=32, adversary="tr-linf", max_norm=0.02,
+                adversary_kwargs={"steps": 5, "refine_steps": 0}, robust_samples=16, progress=False)
+    assert 0 <= log[0]["robust_accuracy"] <= 1
+
+
+def test_cli_train_with_ddn_adversary(tmp_path, capsys):
+    from minnorm.cli import main
+    np.savez(tmp_path / "train.npz", x=TRAIN[0].numpy(), y=TRAIN[1].numpy())
+    np.savez(tmp_path / "test.npz", x=TEST[0].numpy(), y=TEST[1].numpy())
+    weights = tmp_path / "ddn.safetensors"
+    argv = ["train", "--model", "mlp", "--data", str(tmp_path / "train.npz"), "--test-data",
+            str(tmp_path / "test.npz"), "--epochs", "2", "--batch-size", "32", "--adversary", "ddn",
+            "--max-norm", "0.5", "--steps", "5", "--robust-samples", "16", "--out", str(tmp_path / "run"),
+            "--export", str(weights), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert "--adversary ddn --max-norm 0.5 --steps 5" in info["recipe"]
+    assert info["adversary"] == "ddn" and info["max_norm"] == 0.5 and info["epochs"] == 2
+    assert [e["epoch"] for e in info["log"]] == [1, 2]
+    assert all(0 <= e["test_accuracy"] <= 1 and 0 <= e["robust_accuracy"] <= 1 for e in info["log"])
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["adversary_kwargs"] == {"steps": 5}
+    assert "robust accuracy" in capsys.readouterr().out
