@@ -55,7 +55,7 @@ def write_reports(ev, folder: Path) -> dict[str, Path]:
     _write_csv(paths["summary_csv"], head, rows)
     figures = {"robust_accuracy": robust_accuracy_plot(ev, plots / "robust_accuracy.png"),
                "norm_histograms": norm_histograms(ev, plots / "norm_histograms.png")}
-    ex = examples_plot(load_examples(ev), ev.attack_names[:4], plots / "examples.png")
+    ex = examples_plot(load_examples(ev), ev.attack_names[:4], plots / "examples.png", tuple(ev.config["bounds"]))
     if ex is not None:
         figures["examples"] = ex
     else:
