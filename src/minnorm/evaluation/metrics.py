@@ -125,13 +125,14 @@ def sanity_checks(table: dict[str, np.ndarray], plans: list[dict[str, Any]], sum
     for p in plans:
         if p["mode"] == "minimal" or not minimal:
             continue
+        kind = "epsilon search" if p["mode"] == "search" else "fixed epsilon"
         fixed = rows[p["name"]]["robust_accuracy"]
         best_minimal = np.min([rows[m]["robust_accuracy"] for m in minimal], axis=0)
         gaps = best_minimal - np.asarray(fixed)
         worst = int(np.argmax(gaps))
         if gaps[worst] > margin:
             warnings.append({"check": "fixed-beats-minimal", "message":
-                             f"{p['name']} (fixed epsilon) beats every minimal-norm attack by "
+                             f"{p['name']} ({kind}) beats every minimal-norm attack by "
                              f"{100 * gaps[worst]:.1f} points of robust accuracy at eps={grid[worst]:g} "
                              f"({100 * fixed[worst]:.1f}% vs {100 * best_minimal[worst]:.1f}%): the minimal-norm "
                              "attacks are probably too weak here (masked gradients, too few steps)."})

@@ -109,6 +109,7 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
                dynamic_ncols=True)
     for b in bar:
         record, tensors = _one_batch(model, x, y, b, bs, plans, config, device)
+        record["rank"] = group.rank  # bookkeeping only: results never depend on it
         if store is not None:
             store.save_batch(b, record, tensors if save_adversarials else None)
         records.append(record)
