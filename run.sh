@@ -18,6 +18,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 case "${1:-demo}" in
-  test) shift; exec "$VENV/bin/python" -m pytest "$@" ;;
+  test) shift
+    # The HTML report test renders in headless Chromium; install it if we can (best effort).
+    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get install -y -q chromium >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || true
+    fi
+    exec "$VENV/bin/python" -m pytest "$@" ;;
   *) exec "$VENV/bin/minnorm" "$@" ;;
 esac
