@@ -137,3 +137,15 @@ def test_bad_data_fails_fast():
         minnorm.evaluate(model, x, ["ddn"], 2)
     with pytest.raises(ValueError, match="labels must be an integer tensor"):
         minnorm.evaluate(model, (x, torch.zeros(2, dtype=torch.long)), ["ddn"], 2)
+
+
+def test_linf_run_saves_and_reloads(tmp_path):
+    # Linf settings hold float("inf") (the attacks' norm): they must survive JSON and a resume check
+    model = tiny_mlp()
+    x = tiny_inputs(5)
+    y = true_labels(model, x)
+    kw = dict(epsilons=[0.05, 0.1], quick=True, progress=False, save_adversarials=False, out=tmp_path / "run")
+    ev = minnorm.evaluate(model, (x, y), ["deepfool-linf", "fgsm"], "inf", **kw)
+    back = minnorm.evaluation.Evaluation.load(tmp_path / "run")
+    assert back.summary == ev.summary and back.config["norm"] == "linf"
+    assert np.array_equal(back.table["best_norm"], ev.table["best_norm"])

@@ -46,13 +46,13 @@ def run_plan(plan: AttackPlan, model, x: torch.Tensor, y: torch.Tensor, *, gener
         return Outcome(empty.bool(), empty, empty, empty.long(), empty.bool(), 0.0, x.detach().cpu(),
                        {e: empty.bool() for e in plan.epsilons})
     call = _caller(plan, model, generator, bounds)
+    rows = torch.arange(len(x))
     if plan.mode == "minimal":
-        state = _State.start(x, call(x, y))
-        state.credit(torch.arange(len(x)), state.last, budget)
+        state = _State(x)
+        state.credit(rows, call(x, y), budget)
     elif plan.mode == "fixed":
-        state = _State.empty(x)
-        for eps in plan.epsilons:
-            rows = torch.arange(len(x))
+        state = _State(x)
+        for eps in plan.epsilons:  # increasing, so the budget is spent on the small radii first
             state.credit(rows, call(x, y, eps=eps), budget, record=eps)
     else:
         state = _search(plan, call, x, y, budget, search_steps)
@@ -78,17 +78,6 @@ class _State:
         self.over = torch.zeros(n, dtype=torch.bool)
         self.adv = x.detach().cpu().clone()
         self.success_at: dict[float, torch.Tensor] = {}
-        self.last: AttackResult | None = None
-
-    @classmethod
-    def empty(cls, x: torch.Tensor) -> "_State":
-        return cls(x)
-
-    @classmethod
-    def start(cls, x: torch.Tensor, first: AttackResult) -> "_State":
-        state = cls(x)
-        state.last = first
-        return state
 
     def credit(self, rows: torch.Tensor, res: AttackResult, budget: int | None,
                record: float | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from . import distributed as dist_util
 from .execute import run_plan
 from .plan import box_diameter, check_grid, make_plans
 from .results import Evaluation, batch_record, build_table
-from .store import RunStore, environment, model_fingerprint, tensor_fingerprint
+from .store import RunStore, environment, jsonable, model_fingerprint, tensor_fingerprint
 
 
 def batch_seed(seed: int, batch: int, attack: str) -> int:
@@ -78,6 +78,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
               "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
               "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
               "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin}
+    config = jsonable(config)  # what is saved is what a resume compares against
 
     group = dist_util.setup(device)
     try:

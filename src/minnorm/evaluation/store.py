@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -54,6 +55,20 @@ def _fsync_dir(folder: Path) -> None:
         pass  # not every file system lets a directory be synced
     finally:
         os.close(fd)
+
+
+def jsonable(obj: Any) -> Any:
+    """Settings as they will read back from JSON: tuples become lists, non-finite floats the
+    strings "inf", "-inf", "nan", and anything else that JSON cannot hold its repr()."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return repr(obj)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -143,7 +158,7 @@ class RunStore:
         A finished run is refused unless ``overwrite``; an unfinished one resumes only with the
         same settings (a ValueError lists what differs).
         """
-        config = json.loads(json.dumps(config))  # as it will read back from disk
+        config = jsonable(config)  # as it will read back from disk
         old = self.manifest()
         if old is not None and overwrite:
             self.clear()
