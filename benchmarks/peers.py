@@ -211,7 +211,7 @@ for _p, _suffix in ((2.0, "l2"), (math.inf, "linf")):
     _add(Method(f"deepfool-{_suffix}", f"deepfool-{_suffix}", _p, {"steps": 50, "overshoot": 0.02, "candidates": 10},
                 {"steps": STEPS}, _deepfool(_p)))
     _add(Method(f"tr-{_suffix}", f"tr-{_suffix}", _p,
-                {"steps": 100, "refine_steps": 40, "adaptive": True, "radius": None, "candidates": 9},
+                {"steps": 100, "refine_steps": 20 if _p == 2 else 10, "adaptive": True, "radius": None, "candidates": 9},
                 {"steps": STEPS, "radius": ("radius", "init_radius", "initial_radius"),
                  "candidates": ("top_k", "candidates")}, _tr(_p)))
     _add(Method(f"pgd-{_suffix}", f"pgd-{_suffix}", _p,
