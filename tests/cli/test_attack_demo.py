@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -169,5 +170,26 @@ def test_demo_shipped_model(capsys):
 def test_attack_quick_uses_registered_eps(data_file, capsys):
     eps = attacks.get("fgsm").quick["eps"]
     assert main(["attack", "--attack", "fgsm", "--quick", "--model", MODEL, "--data", data_file[0]]) == 0
-    row = capsys.readouterr().out.splitlines()[-1].split()
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("fgsm "))
     assert row[0] == "fgsm" and float(row[2]) == eps
+
+
+def test_attack_reports_relative_perturbation_and_time(tmp_path, data_file, capsys):
+    path, x, y = data_file
+    out = tmp_path / "out"
+    assert main(["attack", "--attack", "fgm-l2", "--eps", "2.0", "--model", MODEL, "--data", path,
+                 "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "relative perturbation" in printed and "time per image" in printed
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    saved = torch.load(out / "adversarials.pt", weights_only=True)
+    with torch.no_grad():
+        model = tiny_mlp()
+        clean_ok = model(x).argmax(1) == y
+        fooled = model(saved["adversarials"]).argmax(1) != y
+    keep = clean_ok & fooled          # the two misclassified inputs are left out, as in the paper
+    assert 0 < int(keep.sum()) < len(y) and summary["relative_samples"] == int(keep.sum())
+    rel = (saved["adversarials"] - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    assert summary["relative_mean"] == pytest.approx(float(rel[keep].mean()), rel=1e-5)
+    assert summary["relative_worst"] == pytest.approx(float(rel[keep].max()), rel=1e-5)
+    assert summary["seconds_per_image"] > 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import relative_perturbation
 from . import _common as c
 
 CSV_COLUMNS = ["index", "label", "target", "clean_prediction", "adversarial_prediction", "success", "norm",
@@ -97,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {args.model}, data {args.data}: clean accuracy {100 * clean_accuracy:.1f}% "
           f"of {classified}, {len(y)} samples attacked{mode}")
     print(c.format_table(c.SUMMARY_HEADERS, [summary.row()]))
+    relative = relative_stats(x, y, clean_pred, result, spec.norm)
+    print(f"relative perturbation ||dx||/||x|| ({spec.norm_name}, {relative['relative_samples']} successful "
+          f"samples classified correctly): mean {c.fmt(relative['relative_mean'])}, worst "
+          f"{c.fmt(relative['relative_worst'])}; time per image {1000 * relative['seconds_per_image']:.2f} ms")
     within = None
     if spec.minimal and eps is not None:
         within = float((result.success & (result.norms <= eps)).float().mean()) if len(y) else math.nan
@@ -120,11 +125,23 @@ def run(args: argparse.Namespace) -> int:
                 "targeted": args.targeted,
                 "target_mode": args.target_mode if args.targeted else None, "seed": args.seed,
                 "parameters": {**spec.defaults, **kwargs},
-                "summary": summary.stats(),
+                "summary": {**summary.stats(), **relative},
                 "success_within_eps": within}
         (out / "summary.json").write_text(json.dumps(info, indent=2, default=repr) + "\n")
         print(f"wrote {out}/adversarials.{args.format}, samples.csv, summary.json")
     return 0
+
+
+def relative_stats(x: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor, result, p: float) -> dict:
+    """The Trust Region paper's metrics (Yao et al., eq. (4)): relative perturbation
+    ||adv - x||_p / ||x||_p, mean and worst case over the samples the model classified correctly
+    and the attack broke (misclassified inputs would count as 0), and wall time per image."""
+    keep = result.success & (clean_pred == labels)
+    rel = relative_perturbation(result.adversarials[keep].double(), x[keep].double(), p)
+    return {"relative_samples": int(keep.sum()),
+            "relative_mean": float(rel.mean()) if len(rel) else math.nan,
+            "relative_worst": float(rel.max()) if len(rel) else math.nan,
+            "seconds_per_image": result.seconds / max(len(labels), 1)}
 
 
 def write_csv(path: Path, index: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None,
