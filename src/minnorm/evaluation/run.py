@@ -58,6 +58,13 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
         raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
     if not isinstance(search_steps, int) or search_steps < 0:
         raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
+    if not sanity_margin >= 0:
+        raise ValueError(f"sanity_margin must be >= 0, got {sanity_margin!r}")
+    if isinstance(model, torch.nn.Module) and model.training:
+        raise ValueError("the model is in training mode: call model.eval() first (BatchNorm and Dropout in "
+                         "training mode make a sample's result depend on its batch and on chance)")
     grid = check_grid(grid)
     lo, hi = (float(b) for b in bounds)
     if not lo < hi:
