@@ -36,7 +36,7 @@ def binary_problem(n=8):
     d = torch.linspace(0.05, 0.4, n, dtype=torch.float64)
     side = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(n // 2)
     x = (0.5 + (d * side)[:, None] * u).view(n, 1, 8, 8)  # in [0.1, 0.9]: |u_j| <= 1
-    model = Binary(w, -0.5 * float(w.sum())).double()
+    model = Binary(w, -0.5 * float(w.sum())).double().eval()
     y = (side < 0).long()  # z > 0 -> class 0
     return model, x, y, d
 
