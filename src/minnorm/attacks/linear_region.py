@@ -1,0 +1,283 @@
+"""Linear-region attack (Croce, Rauber and Hein, "Scaling up the randomized gradient-free
+adversarial attack reveals overestimation of robustness using established attacks", IJCV 2020),
+minimal L2 perturbations for piecewise-affine networks.
+
+Inside one linear region the network is affine, so the smallest adversarial perturbation there is
+a convex QP (eq. 10 untargeted, eq. 11 targeted). Algorithm 1 samples regions near the best point
+found so far (eq. 12-14), skips regions whose activation pattern it has visited already, solves the
+QP of each new region in the dual (:mod:`.qp`) with constraint products from JVP/VJP of the frozen
+network (:mod:`.piecewise`), and keeps the smallest adversarial. Beyond the authors' code: many
+images at once, max-pooling layers, and a cache of visited activation patterns.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import AttackResult, check_int, check_positive, clip_box, lp_norm, register, start_attack
+from .ddn import ddn
+from .deepfool import deepfool
+from .piecewise import PiecewiseAffine, RegionOperator
+from .qp import ScaledOperator, block_scales, solve_qp
+
+__all__ = ["linear_region_attack"]
+
+_OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
+
+
+def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
+                         regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
+                         q: float = 0.8, gamma: float = 6.0, power_iterations: int = 20, precondition_rows: int = 10,
+                         decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
+                         init_steps: int = 100, starting_points: torch.Tensor | None = None,
+                         bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+                         progress: bool = False) -> AttackResult:
+    """Algorithm 1 of the paper for p = 2, batched over images.
+
+    Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
+    ``[P, *x]`` in the box) each image gets, for its ``starts`` next most likely classes (the
+    target, targeted), the closest reference point the model assigns to that class; without them
+    the one start is DeepFool's adversarial (untargeted) or DDN's with ``init_steps`` steps
+    (targeted). A binary search of ``search_steps`` steps on the segment to the image follows.
+
+    Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
+    adversarial of that start (eq. 12-14 with ``q``, ``gamma``); if ``y``'s activation pattern is
+    new, the QP of its region is solved for the ``classes`` most likely other classes at ``y``
+    (eq. 10; one QP against all classes for targeted, eq. 11) by at most ``qp_steps`` accelerated
+    dual steps, stopped early once the dual bound shows the region cannot beat the image's best
+    norm. Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
+    normalised and scaled by ``decision_scale`` (Sec. 4.2). A solution is accepted only after a
+    forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
+
+    ``info``: ``regions_solved`` (QPs solved per image) and ``cache_hits`` (sampled regions
+    skipped because they were visited). Supported layers: see :mod:`.piecewise`.
+    """
+    for name, value in (("regions", regions), ("qp_steps", qp_steps), ("classes", classes), ("starts", starts),
+                        ("power_iterations", power_iterations), ("precondition_rows", precondition_rows),
+                        ("search_steps", search_steps), ("init_steps", init_steps)):
+        check_int(name, value)
+    check_int("retries", retries, minimum=0)
+    check_positive("gamma", gamma)
+    check_positive("decision_scale", decision_scale)
+    check_positive("qp_tol", qp_tol)
+    if not 0.5 <= float(q) <= 1.0:
+        raise ValueError(f"q must lie in [0.5, 1], got {q}")
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=2, generator=generator)
+    x0, n = run.inputs, run.batch_size
+    if n == 0:
+        return run.finish(inputs.clone())
+    with PiecewiseAffine(model) as net:
+        search = _Search(run, net, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
+            steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
+            rows=precondition_rows, decision_scale=float(decision_scale), retries=retries)
+        todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
+        adv = x0.clone()
+        if todo.numel():
+            first = _starting_points(run, todo, starting_points, starts, init_steps)
+            search.start(todo, first, search_steps)
+            for j in tqdm(range(regions), desc="lra-l2", unit="region", leave=False, disable=not progress):
+                search.step(j, regions)
+            best, norms = search.best()
+            found = torch.isfinite(norms)
+            adv[todo[found]] = best[found]
+    info = {"regions_solved": search.solved, "cache_hits": search.hits}
+    return run.finish(adv, info=info)
+
+
+def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
+                     init_steps: int) -> torch.Tensor:
+    """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none)."""
+    x0, y = run.inputs[todo], run.labels[todo]
+    if run.targeted:
+        res = ddn(run.model.model, x0, y, targeted=True, steps=init_steps, bounds=run.bounds, generator=run.generator)
+    else:
+        res = deepfool(run.model.model, x0, y, norm=2, bounds=run.bounds)
+    run.model.forward_passes[todo] += res.forward_passes
+    run.model.backward_passes[todo] += res.backward_passes
+    first = torch.where(res.success.view(-1, *[1] * (x0.dim() - 1)), res.adversarials, torch.nan)[:, None]
+    if reference is None:
+        return first
+    if not isinstance(reference, torch.Tensor) or reference.shape[1:] != x0.shape[1:]:
+        raise ValueError(f"starting_points must be a tensor [P, {', '.join(map(str, x0.shape[1:]))}], "
+                         f"got {getattr(reference, 'shape', type(reference).__name__)}")
+    reference = reference.to(device=x0.device, dtype=x0.dtype)
+    with torch.no_grad():
+        pred = torch.cat([run.model.model(chunk).argmax(1) for chunk in reference.split(512)])
+    dist = torch.cdist(x0.flatten(1), reference.flatten(1))
+    if run.targeted:
+        dist = dist.masked_fill(pred[None] != y[:, None], math.inf)
+        k = min(starts, dist.shape[1])
+        d, pick = dist.topk(k, dim=1, largest=False)
+    else:
+        order = run.clean_logits[todo].scatter(1, y[:, None], -math.inf).argsort(1, descending=True)
+        cls = order[:, :min(starts, run.num_classes - 1)]
+        masked = dist[:, None, :].masked_fill(pred[None, None, :] != cls[:, :, None], math.inf)
+        d, pick = masked.min(2)
+    out = torch.where(torch.isfinite(d).view(*d.shape, *[1] * (x0.dim() - 1)), reference[pick], torch.nan)
+    return torch.cat([first, out], 1)
+
+
+class _Search:
+    """State of Algorithm 1 for ``c`` chains (image x start), laid out as a ``[b, M]`` grid."""
+
+    def __init__(self, run, net: PiecewiseAffine, *, q: float, gamma: float, classes: int, qp: dict, rows: int,
+                 decision_scale: float, retries: int):
+        self.retries = retries
+        self.run, self.net, self.q, self.gamma, self.classes, self.qp = run, net, q, gamma, classes, qp
+        self.rows, self.decision_scale = rows, decision_scale
+        self.solved = torch.zeros(run.batch_size, dtype=torch.long, device=run.inputs.device)
+        self.hits = torch.zeros_like(self.solved)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _forward(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            logits = self.run.model.model(x)
+        self.run.model.forward_passes.index_add_(0, owner, torch.ones_like(owner))
+        return logits
+
+    def _offer(self, chains: torch.Tensor, points: torch.Tensor, ok: torch.Tensor) -> None:
+        """Record ``points`` (adversarial where ``ok``) for ``chains`` if they beat the chain's best."""
+        norms = torch.where(ok, lp_norm(points - self.x0[chains], 2), torch.full_like(ok, math.inf, dtype=points.dtype))
+        better = norms < self.norm[chains]
+        self.point[chains[better]] = points[better]
+        self.norm[chains[better]] = norms[better]
+
+    def _image_best(self) -> torch.Tensor:
+        return self.norm.view(-1, self.m).amin(1)
+
+    def best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        norms, pick = self.norm.view(-1, self.m).min(1)
+        points = self.point.view(-1, self.m, *self.point.shape[1:])
+        return points[torch.arange(points.shape[0], device=pick.device), pick], norms
+
+    # ------------------------------------------------------------------ Algorithm 1
+
+    def start(self, todo: torch.Tensor, first: torch.Tensor, steps: int) -> None:
+        """Binary search on the segment from each image to each starting point (Sec. 4)."""
+        b, self.m = first.shape[:2]
+        self.todo = todo
+        self.chain_image = torch.arange(b, device=todo.device).repeat_interleave(self.m)
+        self.owner = todo[self.chain_image]
+        self.x0 = self.run.inputs[self.owner]
+        self.labels = self.run.labels[self.owner]
+        target = first.flatten(0, 1)
+        valid = ~torch.isnan(target.flatten(1)).any(1)
+        target = torch.where(valid.view(-1, *[1] * (target.dim() - 1)), target, self.x0)
+        self.point = self.x0.clone()
+        self.norm = torch.full((self.owner.numel(),), math.inf, dtype=self.x0.dtype, device=self.x0.device)
+        idx = valid.nonzero().squeeze(1)
+        ok = self.run.is_adversarial(self._forward(target[idx], self.owner[idx]), self.owner[idx])
+        idx = idx[ok]
+        lo = torch.zeros(idx.numel(), dtype=self.x0.dtype, device=self.x0.device)
+        hi = torch.ones_like(lo)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            pts = self.x0[idx] + mid.view(-1, *[1] * (self.x0.dim() - 1)) * (target[idx] - self.x0[idx])
+            adv = self.run.is_adversarial(self._forward(pts, self.owner[idx]), self.owner[idx])
+            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
+        pts = self.x0[idx] + hi.view(-1, *[1] * (self.x0.dim() - 1)) * (target[idx] - self.x0[idx])
+        self._offer(idx, pts, torch.ones_like(hi, dtype=torch.bool))
+
+    def _sample(self, chains: torch.Tensor, gamma: float) -> torch.Tensor:
+        """eq. 12-14: a point around the chain's best ``x0 + delta``, biased towards ``x0``."""
+        gen = self.run.generator
+        delta = (self.point[chains] - self.x0[chains]).flatten(1)
+        norm = delta.norm(dim=1, keepdim=True)
+        unit = delta / norm
+        perp = torch.randn(delta.shape, generator=gen, device=gen.device, dtype=delta.dtype).to(delta.device)
+        perp = perp - (perp * unit).sum(1, keepdim=True) * unit
+        perp = perp / perp.norm(dim=1, keepdim=True).clamp_min(torch.finfo(delta.dtype).tiny)
+        u = torch.rand(delta.shape[0], 3, generator=gen, device=gen.device, dtype=delta.dtype).to(delta.device)
+        theta = math.pi * u[:, :1] * torch.where(u[:, 1:2] < self.q, 1.0, -1.0)
+        direction = torch.cos(theta) * perp - torch.sin(theta) * unit
+        step = norm * u[:, 2:] ** gamma
+        y = self.x0[chains] + (delta + step * direction).view_as(self.x0[chains])
+        return clip_box(y, self.run.bounds)
+
+    def step(self, j: int, total: int) -> None:
+        """One iteration of Algorithm 1 for every chain with an adversarial. A chain whose sample
+        falls in a visited region resamples up to ``retries`` times with ``gamma`` halved each
+        time (a wider search), so that iterations are not spent on cache hits."""
+        chains = torch.isfinite(self.norm).nonzero().squeeze(1)
+        if j == 0:
+            self.seen = torch.zeros(self.owner.numel(), total * (self.retries + 1), 2, dtype=torch.long,
+                                    device=self.x0.device)
+            self.filled = torch.zeros(self.seen.shape[:2], dtype=torch.bool, device=self.x0.device)
+            self.slot = torch.zeros(self.owner.numel(), dtype=torch.long, device=self.x0.device)
+        gamma = self.gamma
+        for _ in range(self.retries + 1):
+            if chains.numel() == 0:
+                return
+            y = self._sample(chains, gamma)
+            logits, region = self.net.capture(y)
+            self.run.model.forward_passes.index_add_(0, self.owner[chains], torch.ones_like(chains))
+            self._offer(chains, y, self.run.is_adversarial(logits, self.owner[chains]))  # best seen, invariant 7
+            h = region.hashes()
+            seen = ((self.seen[chains] == h[:, None, :]).all(2) & self.filled[chains]).any(1)
+            self.hits.index_add_(0, self.owner[chains], seen.long())
+            new = (~seen).nonzero().squeeze(1)
+            if new.numel():
+                c = chains[new]
+                self.seen[c, self.slot[c]], self.filled[c, self.slot[c]] = h[new], True
+                self.slot[c] += 1
+                self._solve(c, y[new], logits[new], region.take(new))
+            chains, gamma = chains[seen], gamma / 2
+
+    def _solve(self, chains: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, region) -> None:
+        run, k = self.run, self.run.num_classes
+        eye = torch.eye(k, dtype=y.dtype, device=y.device)
+        lab = self.labels[chains]
+        if run.targeted:
+            per = 1
+            decision = (eye[lab][:, None, :] - eye[None]).contiguous()  # f_s - f_r >= 0 for all r, eq. 11
+        else:
+            per = min(self.classes, k - 1)
+            cls = logits.scatter(1, lab[:, None], -math.inf).topk(per, dim=1).indices.flatten()
+            decision = (eye[cls] - eye[lab.repeat_interleave(per)])[:, None, :]  # f_l - f_c >= 0, eq. 10
+        rows = torch.arange(chains.numel(), device=y.device).repeat_interleave(per)
+        ch = chains[rows]
+        self.solved.index_add_(0, self.owner[chains], torch.ones_like(chains))
+        op = RegionOperator(self.net, region.take(rows), y[rows], self.x0[ch], decision, run.model, self.owner[ch])
+        b = op.offsets()
+        scale = self._scales(op)
+        lower = run.bounds[0] - self.x0[ch]
+        upper = run.bounds[1] - self.x0[ch]
+        bound = self._image_best()[self.chain_image[ch]]
+        sol = solve_qp(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
+                       **self.qp)
+        # Rows the dual bound ruled out are dropped; the rest are checked on the true network even
+        # when the primal point is slightly infeasible (Sec. 4.2), along the ray at a few overshoots,
+        # since the exact QP optimum lies on the decision boundary itself.
+        idx = (~sol.pruned & (lp_norm(sol.delta, 2) < bound)).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
+        f = torch.tensor(_OVERSHOOT, dtype=y.dtype, device=y.device)
+        cand = self.x0[ch[idx]][:, None] + (1 + f).view(1, -1, *[1] * (y.dim() - 1)) * sol.delta[idx][:, None]
+        cand = clip_box(cand, run.bounds).flatten(0, 1)
+        owner = self.owner[ch[idx]].repeat_interleave(len(_OVERSHOOT))
+        adv = run.is_adversarial(self._forward(cand, owner), owner)
+        self._offer(ch[idx].repeat_interleave(len(_OVERSHOOT)), cand, adv)
+
+    def _scales(self, op: RegionOperator) -> torch.Tensor:
+        """Sec. 4.2: exact unit norm times ``decision_scale`` for the decision rows, the sampled
+        per-layer mean row norm for the rest."""
+        r, n = op.sizes[0], op.n
+        like = op.y
+        dec = []
+        for i in range(r):
+            w = torch.zeros(n, sum(op.sizes), dtype=like.dtype, device=like.device)
+            w[:, i] = 1
+            norm = op.rmatvec(w).flatten(1).norm(dim=1)
+            dec.append(torch.where(norm > 0, self.decision_scale / norm.clamp_min(torch.finfo(like.dtype).tiny),
+                                   torch.ones_like(norm)))
+        layers = block_scales(op, op.sizes, like, self.run.generator, self.rows)[:, r:]
+        return torch.cat([torch.stack(dec, 1), layers], 1)
+
+
+register("lra-l2", linear_region_attack, norm=2, minimal=True, targeted=True,
+         paper="Croce, Rauber and Hein 2020 (linear-region attack)",
+         description="Linear-region attack: exact QPs in sampled linear regions of a ReLU/max-pool network",
+         quick={"regions": 8, "qp_steps": 60, "power_iterations": 8, "init_steps": 20, "search_steps": 10})
