@@ -141,6 +141,12 @@ class _Search:
     def _offer(self, chains: torch.Tensor, points: torch.Tensor, ok: torch.Tensor) -> None:
         """Record ``points`` (adversarial where ``ok``) for ``chains`` if they beat the chain's best."""
         norms = torch.where(ok, lp_norm(points - self.x0[chains], 2), torch.full_like(ok, math.inf, dtype=points.dtype))
+        # several candidates per chain: keep each chain's smallest (sort by norm, then stably by chain)
+        order = norms.argsort()
+        order = order[chains[order].argsort(stable=True)]
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = chains[order][1:] != chains[order][:-1]
+        chains, points, norms = chains[order[first]], points[order[first]], norms[order[first]]
         better = norms < self.norm[chains]
         self.point[chains[better]] = points[better]
         self.norm[chains[better]] = norms[better]
