@@ -252,8 +252,9 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
             out = torch.zeros_like(v)
             if not gr.requires_grad or not bool(rows.any()):
                 return out      # the gradient does not depend on x: an affine model
-            (h,) = torch.autograd.grad(gr, xr, (v * rows[:, None].to(dt)).view_as(xr), retain_graph=True,
-                                       allow_unused=True)
+            with torch.enable_grad():
+                (h,) = torch.autograd.grad((gr * (v * rows[:, None].to(dt)).view_as(gr)).sum(), xr,
+                                           retain_graph=True, allow_unused=True)
             run.model.count_backward(rest[rows])
             return out if h is None else h.detach().flatten(1)
         return z, m, g, hvp, rest
@@ -270,8 +271,9 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
             one_y = torch.zeros_like(zd).scatter(1, yi[:, None], 1.0)
             for i in range(k):
                 c = cand[:, i]
-                (g,) = torch.autograd.grad(z, xr, one_y - torch.zeros_like(zd).scatter(1, c[:, None], 1.0),
-                                           retain_graph=i < k - 1)
+                # a scalar objective: explicit grad_outputs make torch import sympy (2 s) on first use
+                w = one_y - torch.zeros_like(zd).scatter(1, c[:, None], 1.0)
+                (g,) = torch.autograd.grad((z * w).sum(), xr, retain_graph=i < k - 1)
                 run.model.count_backward(idx)
                 g = g.flatten(1)
                 gap = zd.gather(1, yi[:, None])[:, 0] - zd.gather(1, c[:, None])[:, 0]
