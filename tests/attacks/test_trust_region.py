@@ -210,7 +210,8 @@ def test_box_linear_step_matches_convex_solvers(p):
                            constraints=[cons], method="SLSQP", options={"ftol": 1e-14, "maxiter": 500}).fun
             assert d @ d == pytest.approx(ref, rel=1e-6)
         # with a cap the step maximises w.d inside the capped ball
-        capped = tr_module._box_linear_step(*(torch.tensor(v)[None] for v in (w, lo, hi)), torch.tensor([reach * 10], dtype=torch.float64),
+        capped = tr_module._box_linear_step(*(torch.tensor(v)[None] for v in (w, lo, hi)),
+                                            torch.tensor([reach * 10], dtype=torch.float64),
                                             torch.tensor([0.05], dtype=torch.float64), p)[0].numpy()
         assert np.linalg.norm(capped, ord=p) == pytest.approx(0.05, rel=1e-9)
 
@@ -245,3 +246,37 @@ def test_empty_batch_float64_and_registry():
     spec = minnorm.attacks.get("tr2-l2")
     res = spec(small_cnn(nn.SiLU), x1, small_cnn(nn.SiLU)(x1).argmax(1), **spec.quick)
     assert bool(res.success.all())
+
+
+def test_segment_root_brackets_the_boundary_in_few_probes():
+    root = torch.tensor([0.1, 0.5, 0.93, 0.99], dtype=torch.float64)
+    level = torch.full_like(root, 1e-9)
+    calls = []
+
+    def affine(t):
+        calls.append(t)
+        return 3.0 * (t - root)
+    t = tr_module._segment_root(affine, affine(torch.zeros_like(root)), affine(torch.ones_like(root)), level, 2)
+    assert bool((affine(t) > 0).all())                      # still adversarial
+    torch.testing.assert_close(t, root, rtol=0, atol=1e-8)  # false position is exact on an affine gap
+    # a curved gap: Illinois keeps both ends moving; every probe stays inside the bracket
+    def curved(t):
+        calls.append(t)
+        return torch.exp(2 * t) - torch.exp(2 * root)
+    calls.clear()
+    t = tr_module._segment_root(curved, curved(torch.zeros_like(root)), curved(torch.ones_like(root)), level, 8)
+    assert bool((curved(t) > 0).all()) and bool((t - root < 1e-5).all())
+    assert all(bool(((c >= 0) & (c <= 1)).all()) for c in calls)
+
+
+@pytest.mark.parametrize("p", [2, math.inf])
+def test_line_search_pulls_an_overshot_crossing_back_to_the_boundary(p):
+    lin, x, y, z = affine_problem(seed=2)
+    kw = {"norm": p, "steps": 1, "refine_steps": 0, "radius": 1e3, "overshoot": 0.5, "bounds": (-100, 100)}
+    far = trust_region(lin, x, y, line_search=0, **kw)
+    res = trust_region(lin, x, y, line_search=4, **kw)
+    exact = closed_form(lin, x, y, z, p)
+    assert bool(res.success.all()) and bool((far.norms > 1.2 * exact).all())
+    assert bool((res.norms >= exact * (1 - 1e-9)).all())
+    torch.testing.assert_close(res.norms, exact, rtol=1e-4, atol=0)
+    assert int(res.forward_passes[0]) == int(far.forward_passes[0]) + 4
