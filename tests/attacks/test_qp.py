@@ -1,0 +1,126 @@
+"""The dual QP solver (eq. 15-19) against scipy's SLSQP on random and real region instances."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_inputs, tiny_mlp
+from scipy.optimize import Bounds, LinearConstraint, minimize
+
+from minnorm.attacks.piecewise import PiecewiseAffine, RegionOperator
+from minnorm.attacks.qp import DenseOperator, ScaledOperator, block_scales, ray_search, solve_qp
+
+
+def reference(a: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[float, np.ndarray]:
+    """min 1/2 ||d||^2 s.t. A d <= b, lower <= d <= upper, by SLSQP (trust-constr where SLSQP's
+    line search gives up on a nearly degenerate instance)."""
+    res = minimize(lambda d: 0.5 * d @ d, np.zeros(a.shape[1]), jac=lambda d: d, method="SLSQP",
+                   bounds=list(zip(lower, upper)),
+                   constraints=[{"type": "ineq", "fun": lambda d: b - a @ d, "jac": lambda d: -a}],
+                   options={"ftol": 1e-12, "maxiter": 2000})
+    if not res.success:
+        res = minimize(lambda d: 0.5 * d @ d, np.zeros(a.shape[1]), jac=lambda d: d, hess=lambda d: np.eye(len(d)),
+                       method="trust-constr", bounds=Bounds(lower, upper),
+                       constraints=[LinearConstraint(a, -np.inf, b)], options={"gtol": 1e-12, "xtol": 1e-14,
+                                                                              "maxiter": 5000})
+        assert float((a @ res.x - b).max()) <= 1e-8
+    assert res.success, res.message
+    return float(res.fun), res.x
+
+
+def random_instance(seed: int, n: int = 4, m: int = 12, d: int = 8):
+    """Feasible by construction (a point z0 inside the box with slack), the origin mostly infeasible."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, m, d, generator=g, dtype=torch.float64)
+    lower = -torch.rand(n, d, generator=g, dtype=torch.float64) - 0.5
+    upper = torch.rand(n, d, generator=g, dtype=torch.float64) + 0.5
+    z0 = torch.minimum(torch.maximum(0.5 * torch.randn(n, d, generator=g, dtype=torch.float64), 0.9 * lower),
+                       0.9 * upper)
+    b = torch.einsum("nmd,nd->nm", a, z0) + 0.3 * torch.rand(n, m, generator=g, dtype=torch.float64)
+    return a, b, lower, upper
+
+
+def check_against_reference(a, b, lower, upper, sol, rel=1e-3, feas=1e-5):
+    for i in range(a.shape[0]):
+        best, _ = reference(a[i].numpy(), b[i].numpy(), lower[i].numpy(), upper[i].numpy())
+        d = sol.delta[i].flatten().numpy()
+        assert bool(sol.feasible[i])
+        assert abs(0.5 * d @ d - best) <= rel * best, (0.5 * d @ d, best)
+        # violations as distances (per unit row norm), so that row scaling does not change them
+        norms = np.linalg.norm(a[i].numpy(), axis=1)
+        assert float(((a[i].numpy() @ d - b[i].numpy()) / norms).max()) <= feas
+        assert (d >= lower[i].flatten().numpy() - 1e-12).all() and (d <= upper[i].flatten().numpy() + 1e-12).all()
+        # the dual value is a lower bound on the optimum (weak duality)
+        assert float(sol.dual[i]) <= best * (1 + 1e-9) + 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_instances_match_scipy(seed):
+    a, b, lower, upper = random_instance(seed)
+    sol = solve_qp(DenseOperator(a), b, lower, upper, steps=5000, tol=1e-8, line_tol=1e-7)
+    check_against_reference(a, b, lower, upper, sol)
+
+
+def test_preconditioned_instances_match_scipy():
+    a, b, lower, upper = random_instance(3)
+    factor = torch.tensor([1.0] * 6 + [50.0] * 6, dtype=a.dtype)  # the same polytope, badly scaled blocks
+    a, b = a * factor[None, :, None], b * factor
+    op = DenseOperator(a)
+    scale = block_scales(op, [6, 6], lower, torch.Generator().manual_seed(0), rows=6)
+    sol = solve_qp(ScaledOperator(op, scale), b * scale, lower, upper, steps=5000, tol=1e-8, line_tol=1e-7)
+    check_against_reference(a, b, lower, upper, sol)
+
+
+def explicit_rows(op: RegionOperator, like: torch.Tensor) -> torch.Tensor:
+    """The dense constraint matrix of a region, row by row from A^T e_i (test only)."""
+    m = op.value.shape[1]
+    rows = [op.rmatvec(torch.eye(m, dtype=like.dtype)[i].expand(op.n, m)).flatten(1) for i in range(m)]
+    return torch.stack(rows, 1)
+
+
+def test_real_region_matches_scipy():
+    model = tiny_mlp(dtype=torch.float64, hidden=8)
+    x = tiny_inputs(3, dtype=torch.float64)
+    y = tiny_inputs(3, seed=7, dtype=torch.float64)  # representatives of other regions
+    with PiecewiseAffine(model) as net:
+        logits, region = net.capture(y)
+        label = model(x).argmax(1)
+        other = logits.scatter(1, label[:, None], -torch.inf).argmax(1)
+        eye = torch.eye(logits.shape[1], dtype=x.dtype)
+        op = RegionOperator(net, region, y, x, (eye[other] - eye[label])[:, None])
+        b = op.offsets()
+        a = explicit_rows(op, x)
+        # the explicit matrix agrees with the products
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+        torch.testing.assert_close(op.matvec(v), torch.einsum("nmd,nd->nm", a, v.flatten(1)))
+        scale = block_scales(op, op.sizes, x, torch.Generator().manual_seed(0))
+        sol = solve_qp(ScaledOperator(op, scale), b * scale, -x, 1 - x, steps=5000, tol=1e-9, line_tol=1e-7)
+    lower, upper = (-x).flatten(1), (1 - x).flatten(1)
+    scaled_a, scaled_b = a * scale[:, :, None], b * scale
+    check_against_reference(scaled_a, scaled_b, lower, upper, sol)
+    # and in the unscaled constraints, which is what the attack needs
+    viol = (torch.einsum("nmd,nd->nm", a, sol.delta.flatten(1)) - b) / a.norm(dim=2).clamp_min(1e-12)
+    assert float(viol.max()) <= 1e-5
+
+
+def test_early_stop_on_dual_bound():
+    a, b, lower, upper = random_instance(4)
+    full = solve_qp(DenseOperator(a), b, lower, upper, steps=5000, tol=1e-9)
+    optimum = (2 * full.dual).sqrt()
+    stopped = solve_qp(DenseOperator(a), b, lower, upper, steps=5000, tol=1e-9, bound=0.5 * optimum)
+    assert bool(stopped.pruned.all()) and not bool(stopped.feasible.any())
+    assert bool((stopped.iterations < full.iterations).all())
+    assert bool(((2 * stopped.dual).sqrt() >= 0.5 * optimum).all())
+
+
+def test_ray_search_is_exact():
+    # one constraint d_0 >= 1 (-d_0 <= -1) and a box: from d = (0.5, 0.5) the ray needs a = 2
+    d = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    a = torch.tensor([[[-1.0, 0.0]]], dtype=torch.float64)
+    b = torch.tensor([[-1.0]], dtype=torch.float64)
+    ad = torch.einsum("nmd,nd->nm", a, d)
+    out, ok = ray_search(d, ad, b, torch.full_like(d, -3.0), torch.full_like(d, 3.0))
+    assert bool(ok[0]) and torch.allclose(out, torch.tensor([[1.0, 1.0]], dtype=torch.float64))
+    # a box that stops the ray before the constraint holds: infeasible
+    _, ok = ray_search(d, ad, b, torch.full_like(d, -0.8), torch.full_like(d, 0.8))
+    assert not bool(ok[0])
