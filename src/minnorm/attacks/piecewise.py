@@ -27,6 +27,7 @@ __all__ = ["AFFINE", "PIECEWISE", "PiecewiseAffine", "Region", "RegionOperator"]
 AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.AvgPool1d,
           nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, Normalize)
 PIECEWISE = (nn.ReLU, nn.LeakyReLU, nn.MaxPool2d)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # children are checked on their own
 _EVAL_ONLY = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d)
 
 
@@ -37,6 +38,8 @@ def _check_module(name: str, m: nn.Module) -> None:
             raise ValueError(f"{label} is not affine in train mode; call model.eval() first")
         if isinstance(m, nn.MaxPool2d) and (m.ceil_mode or m.return_indices):
             raise TypeError(f"{label}: ceil_mode/return_indices are not supported by the piecewise-affine view")
+        return
+    if isinstance(m, _CONTAINERS):
         return
     own = list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))
     if not list(m.children()) or own:
