@@ -151,7 +151,7 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     eps_j, computed inside the box. ``adaptive`` updates eps_j by the ratio rho of actual to
     predicted change of the margin (Alg. 1: x eta if rho > sigma1, / eta if rho < sigma2, clamped
     to ``radius_bounds``); otherwise eps_j stays fixed ("TR Non-Adap"). ``radius=None`` starts at
-    0.1x the first linearised distance of each sample. ``target_mode``: "best" (smallest linearised distance
+    0.3x the first linearised distance of each sample. ``target_mode``: "best" (smallest linearised distance
     (z_y - z_j) / ||grad(z_y - z_j)||_q over the ``top_k`` classes, Section 4.1) or "hardest"
     (largest; the sample must then reach that class). ``revisit=R`` re-selects the best class
     every R search steps (k backward passes each time).
@@ -159,8 +159,9 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     Refinement (``refine_steps`` iterations after the first adversarial point): the nearest point
     to the input on the linearised boundary of the runner-up class (plus the overshoot), within
     the box, approached by at most a radius that grows or shrinks with the accuracy of the linear
-    model (``adaptive=False``: fixed at 4x the crossing distance). The best adversarial seen is
-    kept, then ``line_search`` forward-only bisection steps on the segment from the input to it.
+    model (``adaptive=False``: fixed at the crossing distance). The best adversarial seen is
+    kept, then ``line_search`` forward passes of regula falsi on the segment from the input to it
+    pull it back onto the boundary (the walk aims a little inside the adversarial region).
     ``overshoot=0.02`` is the original's x1.02. Every sample stops on its own: at the end of its
     refinement, or after ``steps`` search steps without success.
 
