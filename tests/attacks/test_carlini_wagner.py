@@ -175,3 +175,26 @@ def test_registry():
     model, x, y, oracle = affine_problem(4)
     res = spec(model, x, y, **spec.quick)
     assert res.success.all() and torch.all(res.norms <= oracle * 1.2)
+
+
+def test_failed_rounds_continue_where_they_ended():
+    # A binary affine model whose boundary is 1.5 away in L2 from inputs at the box centre: 30
+    # Adam steps at lr 0.01 (each coordinate moves at most ~0.15) never get there, so with the
+    # authors' reset every round fails; continuing failed rounds adds their paths up and
+    # crosses, never below the closed-form minimum.
+    dim, dist = 64, 1.5
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(dim, generator=g, dtype=torch.float64)
+    lin = nn.Linear(dim, 2).to(torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([w, torch.zeros_like(w)]))
+        lin.bias.copy_(torch.tensor([dist * float(w.norm()), 0.0]))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = torch.full((3, 1, dim), 0.5, dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.long)
+    kwargs = dict(binary_search_steps=6, max_iterations=30, initial_const=10.0, abort_early=False)
+    reset = carlini_wagner_l2(model, x, y, continue_failed=False, **kwargs)
+    resumed = carlini_wagner_l2(model, x, y, **kwargs)
+    assert not bool(reset.success.any())
+    assert bool(resumed.success.all())
+    assert torch.all(resumed.norms >= dist * (1 - 1e-6))
