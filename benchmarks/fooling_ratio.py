@@ -114,7 +114,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mlp,cnn")
-    parser.add_argument("--n", type=int, default=500, help="correctly classified images per model (default 500)")
+    parser.add_argument("--n", type=int, default=300, help="correctly classified images per model (default 300)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     parser.add_argument("--update", type=Path, metavar="FILE", help="rewrite the tables between the markers in FILE")
@@ -133,7 +133,7 @@ def main() -> None:
               for r in results]
     text = "\n\n".join(blocks) + (f"\n\n_{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, one thread on "
                                   f"{platform.machine()}, {minutes:.1f} min in all "
-                                  f"(`python benchmarks/fooling_ratio.py --update docs/convex.md`)._")
+                                  f"(`python benchmarks/fooling_ratio.py --n {args.n} --update docs/convex.md`)._")
     print("\n" + text)
     if args.update:
         doc = args.update.read_text()
