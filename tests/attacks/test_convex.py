@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from helpers import tiny_inputs, tiny_mlp, true_labels
 from scipy.optimize import linprog, minimize
@@ -242,3 +244,22 @@ def test_bad_options():
         convex_min_norm(model, x, y, class_choice="nearest")
     with pytest.raises(ValueError, match="steps"):
         algorithm1(model, x, y, eps=0.1, steps=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from([1.0, 1.2, 2.0, 3.0, 8.0, 30.0, INF]),
+       st.floats(1e-3, 5.0), st.sampled_from([torch.float32, torch.float64]))
+def test_closed_form_beats_random_feasible_points(seed, p, radius, dtype):
+    # feasibility, and optimality against 64 random points of the ball-and-box (a random point of
+    # the ball clipped into the box stays in the ball, as x lies in the box)
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(3, 9, generator=gen, dtype=torch.float64).to(dtype)
+    x = torch.rand(3, 9, generator=gen, dtype=torch.float64).round(decimals=1).to(dtype)
+    eta = holder_step_in_box(g, p, radius, x, (0.0, 1.0))
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    assert bool((lp_norm(eta, p) <= radius * (1 + tol)).all())
+    assert bool(((x + eta >= -tol) & (x + eta <= 1 + tol)).all())
+    cand = torch.randn(64, 3, 9, generator=gen, dtype=torch.float64).to(dtype)
+    cand = (x + cand / lp_norm(cand.flatten(0, 1), p).view(64, 3, 1) * radius).clamp(0, 1) - x
+    best = (g * eta).sum(-1)
+    assert bool(((g * cand).sum(-1) <= best + tol * (1 + best.abs())).all())

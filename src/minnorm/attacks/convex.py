@@ -107,7 +107,8 @@ def gnii_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float
     Misclassified samples are returned as they are, at norm 0.
 
     Cost per step and active sample: one forward pass and one backward pass per piece of L
-    (K - 1 for the linearised margin, else 1).
+    (K - 1 for the linearised margin, else 1). ``scores`` does not apply to ``loss="ce"`` (the
+    cross-entropy of the softmax is that of the logits).
     """
     _check_choice("loss", loss, LOSSES)
     _check_choice("scores", scores, SCORES)

@@ -196,4 +196,8 @@ def _water_fill(w: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
     left_w = torch.where(k > 0, rest.gather(1, prev), total_w)
     c = torch.where(left_w > 0, ((1 - used).clamp_min(0) / left_w.clamp_min(torch.finfo(w.dtype).tiny)) ** (1 / p),
                     torch.full_like(left_w, math.inf))
-    return torch.where(free, torch.minimum(u, c * w), torch.zeros_like(u))
+    t = torch.where(free, torch.minimum(u, c * w), torch.zeros_like(u))
+    # For very large p, w^p of small coordinates can underflow to 0 and leave c = inf; shrinking
+    # back onto the sphere keeps the step feasible (it is a no-op whenever nothing underflowed).
+    n = lp_norm(t, p)
+    return t / torch.where(n > 1, n, torch.ones_like(n))[:, None]
