@@ -24,6 +24,7 @@ import torch
 from ..core import CountedModel, batch_view, check_int, check_positive, lp_norm, make_generator, parse_norm, rand_like
 from ..core.norms import holder_step_in_box
 from ..core.validation import check_bounds
+from .noise import per_sample_eps
 
 __all__ = ["DenseAttackResult", "OutputAttackResult", "dense_targeted_attack", "jacobian_column_norms",
            "output_attack"]
@@ -163,10 +164,7 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
     started = time.perf_counter()
     x = inputs.detach()
     b = x.shape[0]
-    eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-    if eps_t.dim() > 1 or not bool(torch.isfinite(eps_t).all()) or bool((eps_t < 0).any()):
-        raise ValueError(f"eps must be finite and >= 0 (a number or a [B] tensor), got {eps}")
-    eps_t = eps_t.expand(b).clone()
+    eps_t = per_sample_eps(eps, x)
     counted = CountedModel(model, b, x.device)
     gen = make_generator(generator, x.device)
     info: dict[str, Any] = {}
