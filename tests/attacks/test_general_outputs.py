@@ -73,7 +73,7 @@ def test_linf_ascent_against_brute_force(problem):
     torch.testing.assert_close(res.perturbations.abs(), torch.full_like(x, 0.1), msg="not a vertex of the cube")
     assert bool((res.gain <= best * (1 + 1e-9)).all())
     assert bool((res.gain >= start * (1 - 1e-9)).all()), "the ascent fell below its sign(v) start"
-    assert bool((res.gain >= 0.85 * best).all()), (res.gain / best).tolist()  # measured 0.88-0.91
+    assert bool((res.gain >= 0.85 * best).all()), (res.gain / best).tolist()  # measured 0.86-0.91
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, INF])
