@@ -31,7 +31,7 @@ import torch
 
 import minnorm
 from minnorm.data import load_sample
-from minnorm.models import WEIGHTS_DIR, load_shipped
+from minnorm.models import WEIGHTS_DIR, SmallCNN, load_shipped, load_weights
 
 # a sub-grid of the paper's (lr 0.01 ... 1, c 0.001 ... 1000), to fit a 2-core CPU box
 CW_GRID = {"learning_rate": (0.01, 0.1, 0.5, 1.0), "initial_const": (0.1, 1.0, 10.0, 100.0)}
@@ -45,11 +45,16 @@ class Runner:
     """Runs registered attacks on one model and caches per-image outcomes on disk."""
 
     def __init__(self, model_name: str, cache: Path, seed: int = 0):
-        self.name = model_name
-        self.model = load_shipped(model_name).eval()
+        # NAME is a shipped model; LABEL=PATH a SmallCNN weight file or training checkpoint
+        self.name, _, path = model_name.partition("=")
+        if path:
+            weights = Path(path)
+            self.model = load_weights(SmallCNN(), weights).eval()
+        else:
+            weights = Path(WEIGHTS_DIR) / f"{model_name}.safetensors"
+            self.model = load_shipped(model_name).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        weights = Path(WEIGHTS_DIR) / f"{model_name}.safetensors"
         self.digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         self.cache_path, self.seed = cache, seed
         self.cache = json.loads(cache.read_text()) if cache.exists() else {}
@@ -203,8 +208,9 @@ def defense(args) -> str:
     header = ["model", "clean acc", "attack", "success", "mean L2", "median L2", "median L2, all images"]
     header += [f"acc at L2 <= {e:g}" for e in args.eps]
     rows, summary = [], {}
-    for name in args.models:
-        runner = Runner(name, args.cache, args.seed)
+    for spec in args.models:
+        runner = Runner(spec, args.cache, args.seed)
+        name = runner.name
         with torch.no_grad():
             correct = runner.model(x_all).argmax(1) == y_all
         x, y = x_all[correct].contiguous(), y_all[correct].contiguous()
@@ -240,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cw-strong", type=lambda s: tuple(int(v) for v in s.split("x")), default=(9, 200),
                    help="binary-search steps x iterations of the long C&W run (paper: 9x10000; default 9x200)")
     p.add_argument("--cw-strong-lr", type=float, default=0.05, help="its learning rate (paper: 0.01; default 0.05)")
-    p.add_argument("--models", type=lambda s: s.split(","), default=["cnn", "cnn-pgd-l2", "cnn-ddn"])
+    p.add_argument("--models", type=lambda s: s.split(","), default=["cnn", "cnn-pgd-l2", "cnn-ddn"],
+                   help="shipped model names, or LABEL=PATH for SmallCNN weights or a training checkpoint")
     p.add_argument("--extra", type=lambda s: [v for v in s.split(",") if v], default=[],
                    help="further registered L2 attacks (default settings) for the defense table, e.g. tr-l2")
     p.add_argument("--eps", type=lambda s: [float(v) for v in s.split(",")], default=[0.5, 1.0, 1.5])
