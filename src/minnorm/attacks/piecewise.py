@@ -53,14 +53,15 @@ class Region:
     (bool ReLU masks ``z >= 0`` or long max-pool argmax indices), batch first."""
 
     patterns: list[torch.Tensor]
+    n: int
 
     def take(self, rows: torch.Tensor) -> "Region":
-        return Region([p[rows] for p in self.patterns])
+        return Region([p[rows] for p in self.patterns], int(rows.numel()))
 
     def hashes(self) -> torch.Tensor:
         """Two int64 hashes per sample of the whole pattern ``[n, 2]`` (the visited-region cache
         of Sec. 4). Fixed pseudo-random weights; int64 arithmetic wraps, which is fine for a hash."""
-        n = self.patterns[0].shape[0] if self.patterns else 0
+        n = self.n
         out = torch.zeros(n, 2, dtype=torch.long, device=self.patterns[0].device if self.patterns else "cpu")
         for i, p in enumerate(self.patterns):
             flat = p.reshape(n, -1).long() + 1
@@ -121,7 +122,7 @@ class PiecewiseAffine:
         """A plain forward pass that also records the activation pattern at ``x``."""
         with self._as("capture"), torch.no_grad():
             logits = self.model(x)
-            region = Region(list(self._captured))
+            region = Region(list(self._captured), x.shape[0])
         self._check_count(len(region.patterns))
         return logits, region
 

@@ -1,0 +1,113 @@
+"""The linear-region attack (lra-l2): exact on affine models, at least as strong as DDN, CW and
+PGD on a tiny ReLU MLP, and working on max-pooling and residual networks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_cnn, tiny_inputs, tiny_mlp, true_labels
+from torch import nn
+
+import minnorm
+from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
+from minnorm.models import ResNetSmall
+
+
+def resnet() -> nn.Module:
+    """ResNet-8 with BatchNorm in eval mode (random statistics), residual additions, average pooling."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        net = ResNetSmall(in_channels=1, num_classes=4, widths=(4, 4, 8), mean=[0.5], std=[0.1])
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+        net.fc.weight.data.mul_(30)  # so that the predictions vary over the inputs
+    return net.double().eval()
+
+
+def test_affine_model_gets_the_closed_form_distance():
+    """A linear classifier is one region: the answer is the distance to the nearest class
+    hyperplane, min_l (f_c - f_l) / ||w_l - w_c|| (inputs in the middle so the box is slack)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double().eval()
+    x = 0.45 + 0.1 * tiny_inputs(5, dtype=torch.float64)
+    y = model(x).argmax(1)
+    res = linear_region_attack(model, x, y, regions=2, qp_steps=2000, qp_tol=1e-9)
+    w = model[1].weight
+    logits = model(x)
+    gap = logits.gather(1, y[:, None]) - logits
+    dist = gap / (w[None] - w[y][:, None]).norm(dim=2)
+    expected = dist.scatter(1, y[:, None], torch.inf).amin(1)
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.norms, expected, rtol=1e-3, atol=0)
+
+
+def test_at_least_as_strong_as_ddn_cw_and_pgd_on_a_tiny_mlp():
+    """Acceptance: norm <= min(DDN-1000, CW-L2 9x1000, PGD-L2) on >= 95% of the images; never a
+    non-adversarial output. PGD is fixed-epsilon: it must fail at 0.999 of our norm."""
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(20, dtype=torch.float64)
+    y = true_labels(model, x)
+    reference = tiny_inputs(300, seed=5, dtype=torch.float64)  # the "training set" for the starts
+    ours = linear_region_attack(model, x, y, regions=100, starting_points=reference)
+    assert bool(ours.success.all())
+    assert bool((model(ours.adversarials).argmax(1) != y).all())
+    best = torch.minimum(ddn(model, x, y, steps=1000).norms,
+                         carlini_wagner_l2(model, x, y, binary_search_steps=9, max_iterations=1000).norms)
+    below = pgd(model, x, y, eps=0.999 * ours.norms, norm=2, steps=100, restarts=3,
+                generator=torch.Generator().manual_seed(0))
+    wins = (ours.norms <= best * (1 + 1e-6)) & ~below.success
+    assert float(wins.float().mean()) >= 0.95, (ours.norms / best, below.success)
+
+
+@pytest.mark.parametrize("name", ["cnn-maxpool", "resnet"])
+def test_maxpool_and_residual_networks(name):
+    model = tiny_cnn(dtype=torch.float64) if name == "cnn-maxpool" else resnet()
+    x = tiny_inputs(4, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = linear_region_attack(model, x, y, regions=5, qp_steps=60)
+    start = deepfool(model, x, y)
+    assert bool(res.success.all())
+    assert bool((model(res.adversarials).argmax(1) != y).all())
+    # the search starts from DeepFool's point and only ever improves on it
+    assert bool((res.norms <= start.norms * (1 + 1e-9)).all())
+    assert bool((res.norms < start.norms).any()), "no region improved on the starting point"
+    assert bool((res.info["regions_solved"] > 0).all())
+
+
+def test_targeted_reaches_the_target():
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(6, dtype=torch.float64)
+    t = (model(x).argmax(1) + 2) % 4
+    res = linear_region_attack(model, x, t, targeted=True, regions=10, qp_steps=100)
+    assert bool(res.success.all()) and torch.equal(model(res.adversarials).argmax(1), t)
+    start = ddn(model, x, t, targeted=True, steps=100)
+    assert bool((res.norms <= start.norms * (1 + 1e-9)).all())
+
+
+def test_region_cache_skips_visited_regions():
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(4, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = linear_region_attack(model, x, y, regions=20, qp_steps=50, retries=0)
+    # with one sample per iteration, every iteration either solves a new region or hits the cache
+    assert torch.equal(res.info["regions_solved"] + res.info["cache_hits"], torch.full((4,), 20))
+    assert bool((res.info["cache_hits"] > 0).all())
+
+
+def test_bad_arguments_raise():
+    model = tiny_mlp()
+    x = tiny_inputs(2)
+    y = true_labels(model, x)
+    with pytest.raises(ValueError, match="starting_points"):
+        linear_region_attack(model, x, y, starting_points=torch.rand(5, 3))
+    with pytest.raises(ValueError, match="q must"):
+        linear_region_attack(model, x, y, q=0.2)
+    with pytest.raises(TypeError, match="Tanh"):
+        linear_region_attack(nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.Tanh()), x, y)
+
+
+def test_registered():
+    spec = minnorm.attacks.get("lra-l2")
+    assert spec.norm == 2 and spec.minimal and spec.targeted
