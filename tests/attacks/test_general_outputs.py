@@ -66,14 +66,16 @@ def test_l1_attack_moves_the_largest_column(problem):
 def test_linf_ascent_against_brute_force(problem):
     # ||J||_{inf->2} is attained at a vertex of the cube: 2^10 of them here
     model, x, jac = problem
-    res = output_attack(model, x, eps=0.1, norm=INF)
     signs = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=10)), dtype=torch.float64)
     best = torch.stack([(signs @ j.T).norm(dim=1).max() for j in jac]) * 0.1
     start = torch.stack([(torch.linalg.svd(j).Vh[0].sign() @ j.T).norm() for j in jac]) * 0.1
-    torch.testing.assert_close(res.perturbations.abs(), torch.full_like(x, 0.1), msg="not a vertex of the cube")
-    assert bool((res.gain <= best * (1 + 1e-9)).all())
-    assert bool((res.gain >= start * (1 - 1e-9)).all()), "the ascent fell below its sign(v) start"
-    assert bool((res.gain >= 0.85 * best).all()), (res.gain / best).tolist()  # measured 0.86-0.91
+    for restarts in (0, 4):
+        res = output_attack(model, x, eps=0.1, norm=INF, restarts=restarts)
+        torch.testing.assert_close(res.perturbations.abs(), torch.full_like(x, 0.1), msg="not a vertex of the cube")
+        assert bool((res.gain <= best * (1 + 1e-9)).all())
+        assert bool((res.gain >= start * (1 - 1e-9)).all()), "the ascent fell below its sign(v) start"
+    # from +-v alone it stops at 0.86-0.91 of the optimum; the default 4 random starts find it
+    assert bool((res.gain >= 0.99 * best).all()), (res.gain / best).tolist()
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, INF])

@@ -133,7 +133,8 @@ def jacobian_column_norms(model, inputs: torch.Tensor, *, chunk: int = 64, mode:
 
 @torch.no_grad()
 def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, norm: float | str = 2,
-                  iterations: int = 50, tol: float = 1e-7, bounds: tuple[float, float] | None = None,
+                  iterations: int = 50, tol: float = 1e-7, restarts: int = 4,
+                  bounds: tuple[float, float] | None = None,
                   generator: torch.Generator | None = None) -> OutputAttackResult:
     """Maximise ``||f(x + eta) - f(x)||_2`` s.t. ``||eta||_p <= eps`` through its linearisation
     ``||J eta||_2`` (Sec. IV, eq. (9)); the model maps ``[B, ...]`` to any ``[B, ...]`` output.
@@ -149,8 +150,10 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
       ``eta <- argmax_{||e||_p <= eps, box} <J^T J eta, e>`` (the exact box step of
       :func:`~minnorm.core.norms.holder_step_in_box`), which never decreases the convex objective
       ``||J eta||^2`` and stops at a fixed point; for p = 2 without a box it *is* the power
-      iteration, for p = inf it is the sign iteration ``eta <- eps sign(J^T J eta)``. It starts
-      from the p = 2 direction rounded into the set (better of ``+-v``). A lower bound, not a
+      iteration, for p = inf it is the sign iteration ``eta <- eps sign(J^T J eta)``. It runs
+      from the p = 2 direction rounded into the set (``+-v``) and from ``restarts`` Gaussian
+      draws rounded likewise, all stacked in one batch, and keeps the best: the sign iteration
+      has many fixed points, and ``+-v`` is often a poor one. A lower bound, not a
       certificate; the SDP relaxation of the paper's [23] is not implemented.
     - p = 1 with a box: the column with the largest ``||J e_k||_2 * min(eps, room_k)``.
 
@@ -160,6 +163,7 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
     bounds = _check_inputs(inputs, bounds)
     p = parse_norm(norm)
     iterations = check_int("iterations", iterations)
+    restarts = check_int("restarts", restarts, minimum=0)
     tol = check_positive("tol", tol, allow_zero=True)
     started = time.perf_counter()
     x = inputs.detach()
@@ -195,7 +199,7 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
         if p == 2 and bounds is None:
             eta = v * batch_view(eps_t, x)
         else:
-            eta = _conditional_gradient(counted, x, v, p, eps_t, bounds, iterations, tol)
+            eta = _conditional_gradient(counted, x, v, p, eps_t, bounds, iterations, tol, restarts, gen)
     return _finish(counted, x, eta, bounds, started, info)
 
 
@@ -224,32 +228,41 @@ def _power_iteration(counted: CountedModel, x: torch.Tensor, iterations: int, to
 
 
 def _conditional_gradient(counted: CountedModel, x: torch.Tensor, v: torch.Tensor, p: float, eps: torch.Tensor,
-                          bounds: tuple[float, float] | None, iterations: int, tol: float) -> torch.Tensor:
-    # Start from the p = 2 direction rounded into the set, the better of +v and -v (the box breaks
-    # the symmetry); then ascend. The objective never decreases: f(new) >= f + <grad f, new - old>
-    # >= f, as the step maximises that linear term over the set.
-    starts = [holder_step_in_box(s * v, p, eps, x, bounds) for s in (1.0, -1.0)]
-    vals = [_sq_norm(_jvp(counted.model, x, e)) for e in starts]
-    counted.backward_passes += 2
-    eta = torch.where(batch_view(vals[0] >= vals[1], x), starts[0], starts[1])
-    value = torch.maximum(vals[0], vals[1])
-    active = torch.arange(x.shape[0], device=x.device)
+                          bounds: tuple[float, float] | None, iterations: int, tol: float, restarts: int,
+                          gen: torch.Generator) -> torch.Tensor:
+    # Every start is ascended at once (the starts are stacked along the batch). The objective never
+    # decreases: f(new) >= f + <grad f, new - old> >= f, as the step maximises that linear term
+    # over the set. Starts: +-v (the box breaks their symmetry) and ``restarts`` Gaussian draws,
+    # each rounded into the set; the sign iteration has many fixed points, and +-v alone is often
+    # one of the poorer ones.
+    b = x.shape[0]
+    starts = torch.cat([v, -v] + [rand_like(x, gen, normal=True) for _ in range(restarts)])
+    r = starts.shape[0] // b
+    xr, er = x.repeat(r, *([1] * (x.dim() - 1))), eps.repeat(r)
+    owner = torch.arange(b, device=x.device).repeat(r)
+
+    def charge(counter: torch.Tensor, rows: torch.Tensor, n: int) -> None:
+        counter.index_add_(0, owner[rows], torch.full_like(rows, n))
+
+    eta = holder_step_in_box(starts, p, er, xr, bounds)
+    value = _sq_norm(_jvp(counted.model, xr, eta))
+    charge(counted.backward_passes, torch.arange(r * b, device=x.device), 1)
+    active = torch.arange(r * b, device=x.device)
     for _ in range(iterations):
         if active.numel() == 0:
             break
-        xa = x[active]
-        u = _jvp(counted.model, xa, eta[active])
-        grad = _vjp(counted.model, xa, u)
-        counted.forward_passes[active] += 1
-        counted.backward_passes[active] += 2
-        new = holder_step_in_box(grad, p, eps[active], xa, bounds)
+        xa = xr[active]
+        grad = _vjp(counted.model, xa, _jvp(counted.model, xa, eta[active]))
+        new = holder_step_in_box(grad, p, er[active], xa, bounds)
         new_value = _sq_norm(_jvp(counted.model, xa, new))
-        counted.backward_passes[active] += 1
+        charge(counted.forward_passes, active, 1)
+        charge(counted.backward_passes, active, 3)
         better = new_value > value[active] * (1 + tol)
         eta[active[better]] = new[better]
         value[active[better]] = new_value[better]
         active = active[better]
-    return eta
+    best = value.view(r, b).argmax(0)
+    return eta.view(r, *x.shape)[best, torch.arange(b, device=x.device)]
 
 
 def _finish(counted: CountedModel, x: torch.Tensor, eta: torch.Tensor, bounds: tuple[float, float] | None,
