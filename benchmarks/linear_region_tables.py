@@ -1,0 +1,112 @@
+"""The shape of Tables 1-4 of Croce, Rauber and Hein (linear-region attack) on Fashion-MNIST CNNs.
+
+For each model: L2 robust accuracy over an epsilon grid for PGD with 1 start, PGD with many
+restarts, CW-L2, DeepFool, DDN and the linear-region attack (lra-l2), the "difference to the
+best" summary (mean and max over the grid of each attack's robust accuracy minus the lowest
+one), and the run time of each attack. Minimal-norm attacks are run once and read at every
+epsilon; PGD is run once per epsilon. Prints markdown.
+
+    python benchmarks/linear_region_tables.py --models cnn,cnn-pgd-l2,cnn-pgd-linf --images 50
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
+from minnorm.data import load_fashion_mnist
+from minnorm.models import load_shipped, shipped_names
+
+EPS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def robust_accuracy(norms: torch.Tensor, correct: torch.Tensor, eps: float) -> float:
+    """Fraction of all images that are correctly classified and have no adversarial within eps."""
+    return float((correct & (norms > eps)).float().mean())
+
+
+def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor, args) -> str:
+    model = load_shipped(name).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    acc: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    minimal = {
+        f"CW-L2 {args.cw_steps}x9": lambda: carlini_wagner_l2(model, x, y, max_iterations=args.cw_steps),
+        "DeepFool": lambda: deepfool(model, x, y),
+        f"DDN-{args.ddn_steps}": lambda: ddn(model, x, y, steps=args.ddn_steps, generator=gen()),
+        "ours (lra-l2)": lambda: linear_region_attack(
+            model, x, y, regions=args.regions, qp_steps=args.qp_steps, classes=1, starts=args.starts,
+            power_iterations=10, starting_points=reference, generator=gen()),
+    }
+    for label, restarts in (("PGD-1", 1), (f"PGD-{args.restarts}x", args.restarts)):
+        t = time.perf_counter()
+        row = []
+        for eps in EPS:
+            if eps == 0:
+                row.append(float(correct.float().mean()))
+                continue
+            res = pgd(model, x, y, eps=eps, norm=2, steps=args.pgd_steps, restarts=restarts, generator=gen())
+            row.append(float((correct & ~res.success).float().mean()))
+        acc[label], seconds[label] = row, time.perf_counter() - t
+    norms = {}
+    for label, fn in minimal.items():
+        t = time.perf_counter()
+        res = fn()
+        seconds[label] = time.perf_counter() - t
+        norms[label] = torch.where(res.success, res.norms, torch.full_like(res.norms, float("inf")))
+        acc[label] = [robust_accuracy(norms[label], correct, e) for e in EPS]
+    names = list(acc)
+    best = [min(acc[n][i] for n in names) for i in range(len(EPS))]
+    lines = [f"### `{name}` ({len(x)} test images, clean accuracy {float(correct.float().mean()):.2f})", "",
+             "| eps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, e in enumerate(EPS):
+        cells = [(f"**{acc[n][i]:.2f}**" if acc[n][i] == best[i] else f"{acc[n][i]:.2f}") for n in names]
+        lines.append(f"| {e:g} | " + " | ".join(cells) + " |")
+    diffs = {n: [acc[n][i] - best[i] for i in range(len(EPS))] for n in names}
+    lines.append("| mean diff. to best | " + " | ".join(f"{sum(d) / len(d):.3f}" for d in diffs.values()) + " |")
+    lines.append("| max diff. to best | " + " | ".join(f"{max(d):.3f}" for d in diffs.values()) + " |")
+    lines.append("| run time (s) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
+    ours, others = norms["ours (lra-l2)"], [v for k, v in norms.items() if k != "ours (lra-l2)"]
+    best_other = torch.stack(others).amin(0)
+    ok = correct & torch.isfinite(ours)
+    lines += ["", f"Median L2 of ours over correctly classified images: {ours[correct].median():.4f}; "
+              f"best of the other minimal-norm attacks: {best_other[correct].median():.4f}; ours is <= "
+              f"that best on {int((ours <= best_other * (1 + 1e-6))[ok].sum())}/{int(correct.sum())} images.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="cnn,cnn-pgd-l2,cnn-pgd-linf")
+    ap.add_argument("--images", type=int, default=50)
+    ap.add_argument("--reference", type=int, default=2000, help="training images for the starting points")
+    ap.add_argument("--regions", type=int, default=5)
+    ap.add_argument("--qp-steps", type=int, default=40)
+    ap.add_argument("--starts", type=int, default=2)
+    ap.add_argument("--pgd-steps", type=int, default=40)
+    ap.add_argument("--restarts", type=int, default=5)
+    ap.add_argument("--cw-steps", type=int, default=100)
+    ap.add_argument("--ddn-steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    x, y = load_fashion_mnist("test")
+    x, y = x[:args.images], y[:args.images]
+    reference = load_fashion_mnist("train")[0][:args.reference]
+    available = set(shipped_names())
+    print(f"Settings: {vars(args)}\n")
+    for name in args.models.split(","):
+        if name not in available:
+            print(f"### `{name}`: not shipped (no weights in src/minnorm/models/weights/), skipped\n")
+            continue
+        print(run_model(name, x, y, reference, args), flush=True)
+
+
+if __name__ == "__main__":
+    main()
