@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core import batch_view, holder_direction, parse_norm, register, start_attack
+from ..core import batch_view, holder_direction, register, start_attack
 
 __all__ = ["fgm", "fgsm"]
 
@@ -37,7 +37,7 @@ def fgsm(model, inputs, labels, *, eps: float | torch.Tensor, targeted: bool = F
     return fgm(model, inputs, labels, eps=eps, norm="inf", targeted=targeted, bounds=bounds, generator=generator)
 
 
-for _p, _name in ((1, "fgm-l1"), (2, "fgm-l2"), (float("inf"), "fgsm")):
+for _p, _name, _ball in ((1, "fgm-l1", "l1"), (2, "fgm-l2", "l2"), (float("inf"), "fgsm", "linf")):
     register(_name, fgm, norm=_p, minimal=False, targeted=True, paper="Goodfellow et al. 2015",
-             description=f"fast gradient method, one step in the {_name[-2:]} ball",
+             description=f"fast gradient method, one step in the {_ball} ball",
              defaults={"norm": _p}, quick={"eps": {1: 10.0, 2: 1.0}.get(_p, 0.1)})
