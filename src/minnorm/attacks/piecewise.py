@@ -67,7 +67,8 @@ class Region:
             flat = p.reshape(n, -1).long() + 1
             g = torch.Generator(device="cpu").manual_seed(1000 + i)
             w = torch.randint(-2**62, 2**62, (2, flat.shape[1]), generator=g).to(flat.device)
-            out = out * 1000003 + flat @ w.T
+            # elementwise products, not a matmul: integer matmul does not exist on CUDA
+            out = out * 1000003 + torch.stack([(flat * w[0]).sum(1), (flat * w[1]).sum(1)], 1)
         return out
 
 

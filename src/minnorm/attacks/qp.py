@@ -174,7 +174,7 @@ def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
             done |= stop
         if bool(done.any()):
             rows, sel = rows[~done], sel[~done]
-            if 0 < sel.numel() <= base.n // 2:
+            if 0 < sel.numel() <= 3 * base.n // 4:
                 # re-linearise on the rows left, so that finished rows stop costing compute too
                 base, sel = base.restrict(sel), torch.arange(sel.numel(), device=dev)
     delta, feasible = ray_search(best_d, best_ad, b, lower, upper, line_tol)
