@@ -182,11 +182,11 @@ def convex_min_norm(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: 
     takes *some* linearised piece below 0 goes to the nearest linearised boundary, which is
     exactly a DeepFool step (K - 1 backward passes).
 
-    As in DeepFool the steps add up in ``r`` and the iterate is ``clip(x + (1 + overshoot) r)``;
-    each step is padded by 1e-4 (DeepFool's code). Unlike DeepFool, gradient components that push
-    a coordinate through a face of the box it already sits on are dropped first, so the l1 step
-    moves to the next coordinate instead of stalling on a saturated one. A sample stops at its
-    first adversarial iterate, which is returned.
+    As in minnorm's DeepFool each step, padded by 1e-4 (DeepFool's code) and lengthened by
+    ``1 + overshoot``, goes from the current iterate, which is then clipped to the box. Unlike
+    DeepFool, gradient components that push a coordinate through a face of the box it already
+    sits on are dropped first, so the l1 step moves to the next coordinate instead of stalling on
+    a saturated one. A sample stops at its first adversarial iterate, which is returned.
     """
     _check_choice("scores", scores, SCORES)
     _check_choice("class_choice", class_choice, CLASS_CHOICES)
@@ -196,10 +196,8 @@ def convex_min_norm(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: 
     if run.batch_size == 0:
         return run.finish(inputs.clone())
     pieces = _pieces("margin", scores, class_choice, run.targeted, run.num_classes)
-    x0 = run.inputs
-    x = x0.clone()
-    r_tot = torch.zeros_like(x0)
-    iterations = torch.zeros(run.batch_size, dtype=torch.long, device=x0.device)
+    x = run.inputs.clone()
+    iterations = torch.zeros(run.batch_size, dtype=torch.long, device=x.device)
     todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
     for _ in range(max_iterations):
         if todo.numel() == 0:
@@ -214,8 +212,8 @@ def convex_min_norm(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: 
         grads = grads.masked_fill(blocked, 0)
         distances, steps = linear_boundary_steps(values, -grads, run.norm, pad=1e-4)
         nearest = distances.argmin(1)
-        r_tot[todo] += steps[torch.arange(todo.numel(), device=x.device), nearest]
-        x[todo] = clip_box(x0[todo] + (1 + overshoot) * r_tot[todo], run.bounds)
+        step = steps[torch.arange(todo.numel(), device=x.device), nearest]
+        x[todo] = clip_box(x[todo] + (1 + overshoot) * step, run.bounds)
         iterations[todo] += 1
     return run.finish(x, info={"iterations": iterations})
 
