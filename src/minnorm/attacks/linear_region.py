@@ -31,16 +31,18 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
                          q: float = 0.8, gamma: float = 6.0, power_iterations: int = 20, precondition_rows: int = 10,
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
-                         init_steps: int = 100, starting_points: torch.Tensor | None = None,
+                         init: str = "deepfool", init_steps: int = 100, starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
                          progress: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2, batched over images.
 
     Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
     ``[P, *x]`` in the box) each image gets, for its ``starts`` next most likely classes (the
-    target, targeted), the closest reference point the model assigns to that class; without them
-    the one start is DeepFool's adversarial (untargeted) or DDN's with ``init_steps`` steps
-    (targeted). A binary search of ``search_steps`` steps on the segment to the image follows.
+    target, targeted), the closest reference point the model assigns to that class. One more
+    start always comes from a cheap attack, ``init``: DeepFool (default, untargeted) or DDN with
+    ``init_steps`` steps (``"ddn"``, and always for targeted), so no reference data is needed and
+    an image's result never depends on the rest of the batch. A binary search of
+    ``search_steps`` steps on the segment to the image follows.
 
     Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
     adversarial of that start (eq. 12-14 with ``q``, ``gamma``); if ``y``'s activation pattern is
@@ -62,6 +64,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     check_positive("gamma", gamma)
     check_positive("decision_scale", decision_scale)
     check_positive("qp_tol", qp_tol)
+    if init not in ("deepfool", "ddn"):
+        raise ValueError(f"init must be 'deepfool' or 'ddn', got {init!r}")
     if not 0.5 <= float(q) <= 1.0:
         raise ValueError(f"q must lie in [0.5, 1], got {q}")
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=2, generator=generator)
@@ -75,7 +79,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
         adv = x0.clone()
         if todo.numel():
-            first = _starting_points(run, todo, starting_points, starts, init_steps)
+            first = _starting_points(run, todo, starting_points, starts, init, init_steps)
             search.start(todo, first, search_steps)
             for j in tqdm(range(regions), desc="lra-l2", unit="region", leave=False, disable=not progress):
                 search.step(j, regions)
@@ -87,11 +91,12 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
-                     init_steps: int) -> torch.Tensor:
+                     init: str, init_steps: int) -> torch.Tensor:
     """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none)."""
     x0, y = run.inputs[todo], run.labels[todo]
-    if run.targeted:
-        res = ddn(run.model.model, x0, y, targeted=True, steps=init_steps, bounds=run.bounds, generator=run.generator)
+    if init == "ddn" or run.targeted:
+        res = ddn(run.model.model, x0, y, targeted=run.targeted, steps=init_steps, bounds=run.bounds,
+                  generator=run.generator)
     else:
         res = deepfool(run.model.model, x0, y, norm=2, bounds=run.bounds)
     run.model.forward_passes[todo] += res.forward_passes
