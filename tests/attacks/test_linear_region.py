@@ -86,6 +86,16 @@ def test_targeted_reaches_the_target():
     assert bool((res.norms <= start.norms * (1 + 1e-9)).all())
 
 
+def test_ddn_start_only_improves_on_ddn():
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(6, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = linear_region_attack(model, x, y, regions=5, qp_steps=60, init="ddn", init_steps=30,
+                               generator=torch.Generator().manual_seed(1))
+    start = ddn(model, x, y, steps=30, generator=torch.Generator().manual_seed(1))
+    assert bool(res.success.all()) and bool((res.norms <= start.norms * (1 + 1e-9)).all())
+
+
 def test_region_cache_skips_visited_regions():
     model = tiny_mlp(dtype=torch.float64)
     x = tiny_inputs(4, dtype=torch.float64)
@@ -102,6 +112,8 @@ def test_bad_arguments_raise():
     y = true_labels(model, x)
     with pytest.raises(ValueError, match="starting_points"):
         linear_region_attack(model, x, y, starting_points=torch.rand(5, 3))
+    with pytest.raises(ValueError, match="init"):
+        linear_region_attack(model, x, y, init="pgd")
     with pytest.raises(ValueError, match="q must"):
         linear_region_attack(model, x, y, q=0.2)
     with pytest.raises(TypeError, match="Tanh"):
