@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
 from minnorm.data import load_fashion_mnist
-from minnorm.models import load_shipped, shipped_names
+from minnorm.models import SmallCNN, load_shipped, load_weights, shipped_names
 
 EPS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -27,8 +28,16 @@ def robust_accuracy(norms: torch.Tensor, correct: torch.Tensor, eps: float) -> f
     return float((correct & (norms > eps)).float().mean())
 
 
+def load(name: str):
+    """A shipped model by name, or a ``.safetensors`` file of SmallCNN weights (e.g. an interim
+    checkpoint of scripts/train_robust.sh)."""
+    if name.endswith(".safetensors"):
+        return load_weights(SmallCNN(), name)
+    return load_shipped(name)
+
+
 def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor, args) -> str:
-    model = load_shipped(name).eval()
+    model = load(name).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
@@ -66,7 +75,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
         acc[label] = [robust_accuracy(norms[label], correct, e) for e in EPS]
     names = list(acc)
     best = [min(acc[n][i] for n in names) for i in range(len(EPS))]
-    lines = [f"### `{name}` ({len(x)} test images, clean accuracy {float(correct.float().mean()):.2f})", "",
+    lines = [f"### `{Path(name).name}` ({len(x)} test images, clean accuracy {float(correct.float().mean()):.2f})", "",
              "| eps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for i, e in enumerate(EPS):
         cells = [(f"**{acc[n][i]:.2f}**" if acc[n][i] == best[i] else f"{acc[n][i]:.2f}") for n in names]
@@ -107,7 +116,7 @@ def main() -> None:
     available = set(shipped_names())
     print(f"Settings: {vars(args)}\n")
     for name in args.models.split(","):
-        if name not in available:
+        if name not in available and not name.endswith(".safetensors"):
             print(f"### `{name}`: not shipped (no weights in src/minnorm/models/weights/), skipped\n")
             continue
         print(run_model(name, x, y, reference, args), flush=True)
