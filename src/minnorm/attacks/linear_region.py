@@ -226,7 +226,7 @@ class _Search:
             logits, region = self.net.capture(y)
             self.run.model.forward_passes.index_add_(0, self.owner[chains], torch.ones_like(chains))
             self._offer(chains, y, self.run.is_adversarial(logits, self.owner[chains]))  # best seen, invariant 7
-            h = region.hashes()
+            h = region.hashes().to(self.x0.device)
             seen = ((self.seen[chains] == h[:, None, :]).all(2) & self.filled[chains]).any(1)
             self.hits.index_add_(0, self.owner[chains], seen.long())
             new = (~seen).nonzero().squeeze(1)

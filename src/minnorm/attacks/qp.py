@@ -78,18 +78,19 @@ def block_scales(op: Operator, sizes: list[int], like: torch.Tensor, generator: 
     from ``rows`` sampled rows per block (Sec. 4.2). One ``A^T w`` per block: ``w`` puts random
     signs on the sampled rows, so ``||A^T w||^2 / rows`` estimates their mean squared norm
     (the cross terms vanish in expectation). Blocks whose sampled rows are zero keep scale 1."""
-    n = like.shape[0]
-    out = []
+    n, total = like.shape[0], sum(sizes)
+    out, start = [], 0
     for size in sizes:
         k = min(rows, size)
-        w = torch.zeros(n, sum(sizes), dtype=like.dtype, device=like.device)
-        start = sum(out_size for out_size in sizes[:len(out)])
-        pick = torch.rand(n, size, generator=generator, device=generator.device).argsort(1)[:, :k].to(like.device)
+        w = torch.zeros(n, total, dtype=like.dtype, device=like.device)
+        # rows drawn with replacement (cheap on wide layers); a repeated row is simply counted once
+        pick = torch.randint(0, size, (n, k), generator=generator, device=generator.device).to(like.device)
         sign = torch.randint(0, 2, (n, k), generator=generator, device=generator.device).to(like) * 2 - 1
         w[:, start:start + size].scatter_(1, pick, sign)
-        ms = op.rmatvec(w).flatten(1).pow(2).sum(1) / k
+        ms = op.rmatvec(w).flatten(1).pow(2).sum(1) / (w != 0).sum(1).clamp_min(1)
         scale = torch.where(ms > 0, ms.clamp_min(torch.finfo(like.dtype).tiny).rsqrt(), torch.ones_like(ms))
         out.append(scale[:, None].expand(n, size))
+        start += size
     return torch.cat(out, 1)
 
 
