@@ -23,7 +23,7 @@ import torch
 
 from ..core import CountedModel, batch_view, check_int, check_positive, lp_norm, make_generator, parse_norm, rand_like
 from ..core.norms import holder_step_in_box
-from ..core.validation import check_bounds
+from ..core.validation import check_batch
 from .noise import per_sample_eps
 
 __all__ = ["DenseAttackResult", "OutputAttackResult", "dense_targeted_attack", "jacobian_column_norms",
@@ -63,23 +63,6 @@ class DenseAttackResult:
     forward_passes: torch.Tensor
     backward_passes: torch.Tensor
     seconds: float
-
-
-def _check_inputs(inputs: torch.Tensor, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be floating point, got {inputs.dtype}")
-    if inputs.dim() < 2:
-        raise ValueError(f"inputs must be a batch [B, ...] with at least 2 dims, got shape {tuple(inputs.shape)}")
-    if not bool(torch.isfinite(inputs).all()):
-        raise ValueError("inputs contain NaN or inf")
-    if bounds is None:
-        return None
-    bounds = check_bounds(bounds)
-    if inputs.numel() and bool((inputs < bounds[0]).any() or (inputs > bounds[1]).any()):
-        raise ValueError(f"inputs lie outside the box [{bounds[0]}, {bounds[1]}]")
-    return bounds
 
 
 def _jvp(model, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -160,7 +143,7 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
     The first-order objective does not see the sign of ``eta``: the final step keeps ``eta`` or
     ``-eta`` (clipped into the box), whichever changes the true output more (two forward passes).
     """
-    bounds = _check_inputs(inputs, bounds)
+    bounds = check_batch(inputs, bounds)
     p = parse_norm(norm)
     iterations = check_int("iterations", iterations)
     restarts = check_int("restarts", restarts, minimum=0)
@@ -299,7 +282,7 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
     one backward pass per step. A sample stops once all its pixels show their target; the
     iterate with the largest share of target pixels is returned.
     """
-    bounds = _check_inputs(inputs, bounds)
+    bounds = check_batch(inputs, bounds)
     p = parse_norm(norm)
     steps = check_int("steps", steps)
     eps = check_positive("eps", eps, allow_zero=True)

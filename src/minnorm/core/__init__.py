@@ -5,11 +5,11 @@ from .norms import (batch_view, clip_box, dual_exponent, holder_direction, lp_no
 from .registry import AttackSpec, available, get, register, specs
 from .result import AttackResult
 from .run import AttackRun, is_adversarial, make_generator, rand_like, start_attack
-from .validation import check_bounds, check_inputs, check_int, check_logits, check_positive
+from .validation import check_batch, check_bounds, check_inputs, check_int, check_logits, check_positive
 
 __all__ = [
     "AttackResult", "AttackRun", "AttackSpec", "CountedModel", "PassBudgetExceeded", "available", "batch_view",
-    "check_bounds", "check_inputs", "check_int", "check_logits", "check_positive", "clip_box", "dual_exponent",
+    "check_batch", "check_bounds", "check_inputs", "check_int", "check_logits", "check_positive", "clip_box", "dual_exponent",
     "get", "holder_direction", "is_adversarial", "lp_norm", "make_generator", "parse_norm", "project_lp_ball",
     "rand_like", "register", "relative_perturbation", "scale_to_norm", "specs", "start_attack",
 ]

@@ -16,16 +16,38 @@ def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
     return lower, upper
 
 
-def check_inputs(inputs: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
-    """Validate a batch before any model call; returns the parsed bounds."""
+def _check_batch_tensor(inputs: torch.Tensor) -> None:
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if not inputs.is_floating_point():
         raise TypeError(f"inputs must be floating point, got {inputs.dtype}")
     if inputs.dim() < 2:
         raise ValueError(f"inputs must be a batch [B, ...] with at least 2 dims, got shape {tuple(inputs.shape)}")
+
+
+def check_batch(inputs: torch.Tensor, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """Validate a batch of inputs ``[B, ...]``: a finite floating-point tensor, inside the box
+    ``bounds`` unless that is None. Returns the parsed bounds."""
+    _check_batch_tensor(inputs)
+    parsed = None if bounds is None else check_bounds(bounds)
+    if inputs.numel():
+        data = inputs.detach()  # inputs that require grad are fine; reading them must not warn
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("inputs contain NaN or inf")
+        if parsed is not None:
+            lower, upper = parsed
+            lo, hi = float(data.min()), float(data.max())
+            tol = 1e-6 * max(1.0, upper - lower)
+            if lo < lower - tol or hi > upper + tol:
+                raise ValueError(f"inputs lie outside the box [{lower}, {upper}]: min {lo:.6g}, max {hi:.6g}")
+    return parsed
+
+
+def check_inputs(inputs: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> tuple[float, float]:
+    """Validate a batch and its labels before any model call; returns the parsed bounds."""
+    _check_batch_tensor(inputs)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D [B], got shape {tuple(labels.shape)}")
     if labels.dtype in (torch.bool,) or labels.is_floating_point() or labels.is_complex():
@@ -34,18 +56,10 @@ def check_inputs(inputs: torch.Tensor, labels: torch.Tensor, bounds: tuple[float
         raise ValueError(f"batch size mismatch: {inputs.shape[0]} inputs but {labels.shape[0]} labels")
     if labels.device != inputs.device:
         raise ValueError(f"inputs are on {inputs.device} but labels on {labels.device}")
-    lower, upper = check_bounds(bounds)
-    if inputs.numel():
-        data = inputs.detach()  # inputs that require grad are fine; reading them must not warn
-        if not bool(torch.isfinite(data).all()):
-            raise ValueError("inputs contain NaN or inf")
-        lo, hi = float(data.min()), float(data.max())
-        tol = 1e-6 * max(1.0, upper - lower)
-        if lo < lower - tol or hi > upper + tol:
-            raise ValueError(f"inputs lie outside the box [{lower}, {upper}]: min {lo:.6g}, max {hi:.6g}")
+    parsed = check_batch(inputs, check_bounds(bounds))
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
-    return lower, upper
+    return parsed
 
 
 def check_logits(logits: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> int:
