@@ -19,10 +19,14 @@ if [ ! -f "$stamp" ]; then
 fi
 case "${1:-demo}" in
   test) shift
-    # The HTML report test renders in headless Chromium; install it if we can (best effort).
-    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get install -y -q chromium >/dev/null 2>&1 ||
-        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || true
+    # Best effort, as root with apt: Chromium renders the HTML report in its test, and Debian's
+    # Fashion-MNIST lets the reader tests check the real files (both skip without them).
+    need=()
+    command -v chromium >/dev/null || need+=(chromium)
+    [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+    if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${need[@]}" >/dev/null 2>&1; } || true
     fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) exec "$VENV/bin/minnorm" "$@" ;;
