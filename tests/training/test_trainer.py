@@ -244,7 +244,7 @@ def test_cli_train_with_ddn_adversary(tmp_path, capsys):
             "--export", str(weights), "--device", "cpu", "--no-progress"]
     assert main(argv) == 0
     info = json.loads(weights.with_suffix(".json").read_text())
-    assert "--adversary ddn --max-norm 0.5 --steps 5" in info["recipe"]
+    assert "--adversary ddn --max-norm 0.5 --steps 5 --robust-samples 16" in info["recipe"]
     assert info["adversary"] == "ddn" and info["max_norm"] == 0.5 and info["epochs"] == 2
     assert [e["epoch"] for e in info["log"]] == [1, 2]
     assert all(0 <= e["test_accuracy"] <= 1 and 0 <= e["robust_accuracy"] <= 1 for e in info["log"])

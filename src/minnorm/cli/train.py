@@ -66,7 +66,8 @@ def _recipe(args: argparse.Namespace) -> str:
                         ("--epochs", args.epochs), ("--lr", args.lr), ("--batch-size", args.batch_size),
                         ("--optimizer", args.optimizer), ("--weight-decay", args.weight_decay),
                         ("--schedule", args.schedule), ("--adversary", args.adversary),
-                        ("--max-norm", args.max_norm), ("--steps", args.steps), ("--seed", args.seed)):
+                        ("--max-norm", args.max_norm), ("--steps", args.steps),
+                        ("--robust-samples", args.robust_samples), ("--seed", args.seed)):
         if value is not None:
             parts += [flag, str(value)]
     for item in args.attack_arg:
