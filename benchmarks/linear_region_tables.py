@@ -30,7 +30,7 @@ def robust_accuracy(norms: torch.Tensor, correct: torch.Tensor, eps: float) -> f
 
 def load(name: str):
     """A shipped model by name, or a ``.safetensors`` file of SmallCNN weights (e.g. an interim
-    checkpoint of scripts/train_robust.sh)."""
+    checkpoint of scripts/train_shipped.sh robust)."""
     if name.endswith(".safetensors"):
         return load_weights(SmallCNN(), name)
     return load_shipped(name)

@@ -9,7 +9,7 @@ Table 2: the same for the hardest class (Section 4.1); the DeepFool column is De
 towards that class (TR with an unbounded radius and no refinement: exactly DeepFool's update on
 one class pair).
 Table 5: accuracy (%) after t = 1..10 iterations at a fixed radius, first vs second order, on
-SiLU networks (scripts/train_silu.sh).
+SiLU networks (scripts/train_shipped.sh silu).
 
     python benchmarks/trust_region_tables.py                         # all tables, markdown
     python benchmarks/trust_region_tables.py --tables 5 --n-smooth 500
