@@ -37,6 +37,22 @@ def tiny_cnn(seed: int = 2, dtype: torch.dtype = torch.float32, gain: float = 4.
     return model.to(dtype).eval()
 
 
+def tiny_resnet() -> nn.Module:
+    """ResNet-8 on 1-channel inputs, 4 classes, float64, eval mode: BatchNorm with random running
+    statistics, residual additions, average pooling, a Normalize layer in front."""
+    from minnorm.models import ResNetSmall
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        net = ResNetSmall(in_channels=1, num_classes=4, widths=(4, 4, 8), mean=[0.5], std=[0.1])
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+        net.fc.weight.data.mul_(30)  # so that the predictions vary over the inputs
+    return net.double().eval()
+
+
 def _centre(layer: nn.Module, gain: float) -> None:
     with torch.no_grad():
         layer.weight.mul_(gain)

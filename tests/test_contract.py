@@ -184,7 +184,7 @@ def check_batch_equals_single(spec: AttackSpec, n: int = 4) -> None:
         one = attack(spec, model, x[i:i + 1], y[i:i + 1], **extra)
         assert bool(one.success[0] == whole.success[i]), f"sample {i}: success differs alone and in a batch"
         torch.testing.assert_close(one.adversarials[0], whole.adversarials[i], rtol=0, atol=1e-6,
-                                   msg=lambda m: f"sample {i}: adversarial differs alone and in a batch\n{m}")
+                                   msg=lambda m, i=i: f"sample {i}: adversarial differs alone and in a batch\n{m}")
         assert int(one.forward_passes[0]) == int(whole.forward_passes[i]), f"sample {i}: forward passes differ"
         assert int(one.backward_passes[0]) == int(whole.backward_passes[i]), f"sample {i}: backward passes differ"
 

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_cnn, tiny_inputs, tiny_mlp, true_labels
+from helpers import tiny_cnn, tiny_inputs, tiny_mlp, tiny_resnet, true_labels
 from torch import nn
 
 import minnorm
 from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
-from minnorm.models import ResNetSmall
-
-
-def resnet() -> nn.Module:
-    """ResNet-8 with BatchNorm in eval mode (random statistics), residual additions, average pooling."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(4)
-        net = ResNetSmall(in_channels=1, num_classes=4, widths=(4, 4, 8), mean=[0.5], std=[0.1])
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-        net.fc.weight.data.mul_(30)  # so that the predictions vary over the inputs
-    return net.double().eval()
 
 
 def test_affine_model_gets_the_closed_form_distance():
@@ -63,7 +49,7 @@ def test_at_least_as_strong_as_ddn_cw_and_pgd_on_a_tiny_mlp():
 
 @pytest.mark.parametrize("name", ["cnn-maxpool", "resnet"])
 def test_maxpool_and_residual_networks(name):
-    model = tiny_cnn(dtype=torch.float64) if name == "cnn-maxpool" else resnet()
+    model = tiny_cnn(dtype=torch.float64) if name == "cnn-maxpool" else tiny_resnet()
     x = tiny_inputs(4, dtype=torch.float64)
     y = true_labels(model, x)
     res = linear_region_attack(model, x, y, regions=5, qp_steps=60)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_cnn, tiny_inputs, tiny_mlp
+from helpers import tiny_cnn, tiny_inputs, tiny_mlp, tiny_resnet
 from torch import nn
 
 from minnorm.attacks.piecewise import PiecewiseAffine, RegionOperator
-from minnorm.models import Normalize, ResNetSmall
+from minnorm.models import Normalize
 
 
 def leaky_pool_net() -> nn.Module:
@@ -22,20 +22,8 @@ def leaky_pool_net() -> nn.Module:
     return net.double().eval()
 
 
-def resnet() -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(4)
-        net = ResNetSmall(in_channels=1, num_classes=4, widths=(4, 4, 8), mean=[0.5], std=[0.1])
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-        net.fc.weight.data.mul_(30)  # so that the predictions vary over the inputs
-    return net.double().eval()
-
-
 MODELS = {"mlp": lambda: tiny_mlp(dtype=torch.float64), "cnn-maxpool": lambda: tiny_cnn(dtype=torch.float64),
-          "leaky-pool-bn": leaky_pool_net, "resnet": resnet}
+          "leaky-pool-bn": leaky_pool_net, "resnet": tiny_resnet}
 
 
 def operator(net: PiecewiseAffine, y: torch.Tensor, x0: torch.Tensor, **kw) -> RegionOperator:

@@ -71,12 +71,13 @@ def carlini_wagner_l2(model, inputs: torch.Tensor, labels: torch.Tensor, *, targ
     best_sq[~todo] = 0
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
     period = max(max_iterations // 10, 1)
+    w, continuing = w0.clone(), torch.zeros_like(todo)
     for search in range(binary_search_steps):
         if not bool(todo.any()):
             break
         if binary_search_steps >= 10 and search == binary_search_steps - 1:
             const = torch.where(torch.isfinite(upper), upper, const)
-        w = torch.where(batch_view(continuing, w0), w, w0) if search else w0.clone()
+        w = torch.where(batch_view(continuing, w0), w, w0)
         m, v = torch.zeros_like(w), torch.zeros_like(w)
         found = torch.zeros_like(todo)
         prev = torch.full_like(const, math.inf)
