@@ -3,9 +3,11 @@
 # src/minnorm/models/weights/NAME.safetensors + NAME.json (the JSON records the exact command,
 # epochs, seconds, clean and robust accuracy on the 10k test set). See docs/models.md.
 #
-#   bash scripts/train_shipped.sh [NAME ...|standard|silu|robust|all]     (default: all)
+#   bash scripts/train_shipped.sh [NAME ...|standard|tiny|silu|robust|all]     (default: all)
 #
 #   standard  cnn, mlp: 10 epochs of standard training
+#   tiny      mlp-tiny (784-16-16-10), mlp-tiny32 (784-32-32-10): small enough for exact MILP solves
+#             (minnorm certify), 10 epochs
 #   silu      mlp-silu, cnn-silu: smooth networks for the second-order trust-region experiments,
 #             2 epochs (they need a smooth network of reasonable accuracy, not the best one)
 #   robust    cnn-ddn, cnn-pgd-l2, cnn-pgd-linf: adversarial training from scratch, cut to what a
@@ -32,6 +34,8 @@ one() {
   case $1 in
     cnn) train cnn --model cnn --activation relu --epochs 10 --lr 0.002 ;;
     mlp) train mlp --model mlp --activation relu --epochs 10 --lr 0.001 ;;
+    mlp-tiny) train mlp-tiny --model mlp --hidden 16,16 --activation relu --epochs 10 --lr 0.002 --robust-samples 0 ;;
+    mlp-tiny32) train mlp-tiny32 --model mlp --hidden 32,32 --activation relu --epochs 10 --lr 0.002 --robust-samples 0 ;;
     mlp-silu) train mlp-silu --model mlp --activation silu --epochs 2 --lr 0.001 --robust-samples 0 ;;
     cnn-silu) train cnn-silu --model cnn --activation silu --epochs 2 --lr 0.002 --robust-samples 0 ;;
     cnn-ddn) train cnn-ddn "${robust[@]}" --adversary ddn --max-norm 1.0 --steps 10 ;;
@@ -45,9 +49,10 @@ one() {
 for arg in "${@:-all}"; do
   case $arg in
     standard) names=(cnn mlp) ;;
+    tiny) names=(mlp-tiny mlp-tiny32) ;;
     silu) names=(mlp-silu cnn-silu) ;;
     robust) names=(cnn-ddn cnn-pgd-l2 cnn-pgd-linf) ;;
-    all) names=(cnn mlp mlp-silu cnn-silu cnn-ddn cnn-pgd-l2 cnn-pgd-linf) ;;
+    all) names=(cnn mlp mlp-tiny mlp-tiny32 mlp-silu cnn-silu cnn-ddn cnn-pgd-l2 cnn-pgd-linf) ;;
     *) names=("$arg") ;;
   esac
   for name in "${names[@]}"; do one "$name"; done

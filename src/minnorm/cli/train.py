@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
                "  minnorm train --model cnn --adversary pgd-linf --eps 0.1 --steps 40 --attack-arg step_size=0.01",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["cnn", "mlp", "resnet"], default="cnn", help="architecture (default: cnn)")
+    p.add_argument("--hidden", help="mlp hidden widths, comma-separated (default: 256,256)")
     p.add_argument("--activation", default="relu", help="relu, leaky_relu, silu/swish, gelu, softplus (default: relu)")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist or cifar10 (train split to train, test split to test), or any "
@@ -62,6 +63,8 @@ def add_parser(subparsers) -> None:
 def _recipe(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (canonical order, every setting spelled out)."""
     parts = ["minnorm", "train", "--model", args.model, "--activation", args.activation, "--data", args.data]
+    if getattr(args, "hidden", None):
+        parts[4:4] = ["--hidden", args.hidden]
     for flag, value in (("--test-data", args.test_data), ("--train-size", args.train_size),
                         ("--epochs", args.epochs), ("--lr", args.lr), ("--batch-size", args.batch_size),
                         ("--optimizer", args.optimizer), ("--weight-decay", args.weight_decay),
@@ -102,6 +105,8 @@ def _model_kwargs(args: argparse.Namespace, x: torch.Tensor, num_classes: int) -
         kwargs.update(in_channels=channels, input_size=height)
     elif args.model == "mlp":
         kwargs.update(in_features=channels * height * width)
+        if getattr(args, "hidden", None):
+            kwargs.update(hidden=[int(w) for w in args.hidden.split(",")])
     else:  # BatchNorm aside, a ResNet trains better on standardised inputs; Normalize keeps the box [0, 1]
         kwargs.update(in_channels=channels, mean=x.mean(dim=(0, 2, 3)).tolist(), std=x.std(dim=(0, 2, 3)).tolist())
     return kwargs
