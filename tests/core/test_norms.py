@@ -268,3 +268,102 @@ def test_batch_view_and_clip_box():
     assert batch_view(scalar, like) is scalar
     x = torch.tensor([[-1.0, 0.5, 3.0]])
     torch.testing.assert_close(clip_box(x, (0.0, 2.0)), torch.tensor([[0.0, 0.5, 2.0]]))
+
+
+# ---------------------------------------------------------------- l1 ball x box projection, hyperplane steps
+
+def _qp_l1_box(v: np.ndarray, x: np.ndarray, r: float) -> float:
+    """Reference: min ||d - v||^2 over the l1 ball and the box, as a smooth QP in d = u - w (u, w >= 0)."""
+    n = v.shape[0]
+    cons = [{"type": "ineq", "fun": lambda z: r - z.sum()},
+            {"type": "ineq", "fun": lambda z: (1 - x) - (z[:n] - z[n:])},
+            {"type": "ineq", "fun": lambda z: x + (z[:n] - z[n:])}]
+    res = minimize(lambda z: ((z[:n] - z[n:] - v) ** 2).sum(), np.zeros(2 * n), bounds=[(0, None)] * (2 * n),
+                   constraints=cons, method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+    return float(res.fun)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_project_l1_box_matches_qp(seed):
+    from minnorm.core.norms import project_l1_box
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(3, 7, generator=g, dtype=torch.float64) * 0.6
+    x = torch.rand(3, 7, generator=g, dtype=torch.float64)
+    r = torch.rand(3, generator=g, dtype=torch.float64) * 1.5
+    d = project_l1_box(v, r, x, (0.0, 1.0))
+    assert bool((lp_norm(d, 1) <= r * (1 + 1e-12) + 1e-15).all())
+    assert bool(((x + d >= -1e-15) & (x + d <= 1 + 1e-15)).all())
+    for i in range(3):
+        ours = float(((d[i] - v[i]) ** 2).sum())
+        ref = _qp_l1_box(v[i].numpy(), x[i].numpy(), float(r[i]))
+        assert ours <= ref + 1e-9, f"sample {i}: {ours} > reference {ref}"
+
+
+def test_project_l1_box_inside_and_ties():
+    from minnorm.core.norms import project_l1_box
+    x = torch.full((2, 5), 0.5, dtype=torch.float64)
+    v = torch.tensor([[0.1, -0.1, 0.0, 0.05, 0.0], [0.3, 0.3, 0.3, 0.3, 0.3]], dtype=torch.float64)
+    d = project_l1_box(v, torch.tensor([1.0, 0.5], dtype=torch.float64), x, (0.0, 1.0))
+    torch.testing.assert_close(d[0], v[0])  # already feasible: unchanged
+    torch.testing.assert_close(d[1], torch.full((5,), 0.1, dtype=torch.float64))  # equal shares of the mass
+    # coordinates with no room in their direction stay put, the mass goes elsewhere
+    x2 = torch.tensor([[1.0, 0.5, 0.5]], dtype=torch.float64)
+    d2 = project_l1_box(torch.tensor([[5.0, 0.4, 0.0]], dtype=torch.float64), 0.3, x2, (0.0, 1.0))
+    torch.testing.assert_close(d2, torch.tensor([[0.0, 0.3, 0.0]], dtype=torch.float64))
+
+
+def _lp_min_step(w: np.ndarray, x: np.ndarray, c: float, p: float) -> float | None:
+    """Reference minimal ||d||_p with <w, d> = c in the unit box: HiGHS LP (p = 1, inf), SLSQP (p = 2)."""
+    from scipy.optimize import linprog
+    n = w.shape[0]
+    if p == 1:
+        res = linprog(np.ones(2 * n), A_eq=np.concatenate([w, -w])[None], b_eq=[c],
+                      bounds=[(0, 1 - xi) for xi in x] + [(0, xi) for xi in x], method="highs")
+        return float(res.fun) if res.status == 0 else None
+    if math.isinf(p):
+        a_ub = np.concatenate([np.concatenate([np.eye(n), -np.ones((n, 1))], 1),
+                               np.concatenate([-np.eye(n), -np.ones((n, 1))], 1)])
+        cost = np.zeros(n + 1)
+        cost[-1] = 1
+        res = linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * n), A_eq=np.concatenate([w, [0.0]])[None], b_eq=[c],
+                      bounds=[(-xi, 1 - xi) for xi in x] + [(0, None)], method="highs")
+        return float(res.fun) if res.status == 0 else None
+    res = minimize(lambda z: (z ** 2).sum(), np.zeros(n), bounds=list(zip(-x, 1 - x)), method="SLSQP",
+                   constraints=[{"type": "eq", "fun": lambda z: w @ z - c}], options={"ftol": 1e-15, "maxiter": 1000})
+    return float(np.sqrt(res.fun)) if res.success and abs(w @ res.x - c) < 1e-9 else None
+
+
+@pytest.mark.parametrize("p", PROJ_P)
+@pytest.mark.parametrize("seed", range(10))
+def test_min_step_to_hyperplane_matches_reference(p, seed):
+    from minnorm.core.norms import min_step_to_hyperplane
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    c = torch.randn(4, generator=g, dtype=torch.float64) * 0.6
+    d, feasible = min_step_to_hyperplane(w, c, p, x, (0.0, 1.0))
+    assert bool(((x + d >= -1e-15) & (x + d <= 1 + 1e-15)).all()), "step leaves the box"
+    for i in range(4):
+        ref = _lp_min_step(w[i].numpy(), x[i].numpy(), float(c[i]), p)
+        if p != 2:
+            assert bool(feasible[i]) == (ref is not None)
+        if bool(feasible[i]):
+            assert abs(float((w[i] * d[i]).sum()) - float(c[i])) < 1e-9, "the step misses the hyperplane"
+            if ref is not None:
+                assert abs(float(lp_norm(d[i:i + 1], p)) - ref) < 1e-7
+        else:
+            # out of reach: the step uses the whole room towards the hyperplane
+            room = torch.where(w[i] * c[i].sign() > 0, 1 - x[i], x[i])
+            torch.testing.assert_close(d[i].abs(), torch.where(w[i] != 0, room, torch.zeros_like(room)))
+
+
+@pytest.mark.parametrize("p", PROJ_P)
+def test_min_step_to_hyperplane_without_box_is_holder(p):
+    from minnorm.core.norms import min_step_to_hyperplane
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    c = torch.tensor([0.5, -0.2, 0.0], dtype=torch.float64)
+    d, feasible = min_step_to_hyperplane(w, c, p)
+    assert bool(feasible.all())
+    torch.testing.assert_close(lp_norm(d, p), c.abs() / lp_norm(w, dual_exponent(p)))
+    torch.testing.assert_close((w * d).sum(1), c)

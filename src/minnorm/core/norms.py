@@ -201,3 +201,122 @@ def _water_fill(w: torch.Tensor, u: torch.Tensor, p: float) -> torch.Tensor:
     # back onto the sphere keeps the step feasible (it is a no-op whenever nothing underflowed).
     n = lp_norm(t, p)
     return t / torch.where(n > 1, n, torch.ones_like(n))[:, None]
+
+
+def project_l1_box(delta: torch.Tensor, radius: torch.Tensor | float, x: torch.Tensor,
+                   bounds: tuple[float, float]) -> torch.Tensor:
+    """Euclidean projection of ``delta`` onto {||d||_1 <= radius, lower <= x + d <= upper}, per sample.
+
+    The KKT conditions give ``d_i = clip(sign(v_i) max(|v_i| - theta, 0), lower - x_i, upper - x_i)``
+    with one threshold ``theta >= 0`` per sample (theta = 0 when the clipped ``v`` already lies in
+    the ball). The l1 mass ``m(theta) = sum_i min(max(a_i - theta, 0), c_i)`` (``a = |v|``, ``c`` the
+    room towards sign(v)) is piecewise linear and nonincreasing with breakpoints ``a_i - c_i`` and
+    ``a_i``: sorting them locates the segment where ``m = radius``, and theta solves exactly there.
+    This is the projection l1-APGD needs (Croce & Hein, ICML 2021, Sec. 3); projecting on the ball
+    and then clipping to the box (Duchi et al.'s projection followed by a clip) is not it.
+    """
+    flat = delta.flatten(1)
+    n = flat.shape[1]
+    r = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).expand(flat.shape[0])
+    xf = x.flatten(1).to(flat.dtype)
+    a = flat.abs()
+    cap = torch.where(flat >= 0, bounds[1] - xf, xf - bounds[0]).clamp_min(0)
+    if n == 0:
+        return delta.clone()
+    lower = (a - cap).clamp_min(0)
+    kinks = torch.cat([lower, a], dim=1).sort(dim=1).values
+    mass = _l1_box_mass(a, lower, kinks)  # [B, 2n], nonincreasing along the sorted kinks
+    j = (mass > r[:, None]).sum(1, keepdim=True)  # first kink with mass <= radius
+    hi_t = kinks.gather(1, j.clamp(max=2 * n - 1))
+    lo_t = torch.where(j > 0, kinks.gather(1, (j - 1).clamp_min(0)), torch.zeros_like(hi_t))
+    m_lo, m_hi = _l1_box_mass(a, lower, lo_t), _l1_box_mass(a, lower, hi_t)
+    tiny = torch.finfo(flat.dtype).tiny
+    slope = (m_lo - m_hi) / (hi_t - lo_t).clamp_min(tiny)
+    theta = lo_t + torch.where(slope > 0, (m_lo - r[:, None]) / slope.clamp_min(tiny), torch.zeros_like(lo_t))
+    theta = theta.clamp(lo_t, hi_t)
+    theta = torch.where(_l1_box_mass(a, lower, torch.zeros_like(hi_t)) <= r[:, None], torch.zeros_like(theta), theta)
+    t = torch.minimum((a - theta).clamp_min(0), cap)
+    return (flat.sign() * t).view_as(delta)
+
+
+def _l1_box_mass(a: torch.Tensor, lower: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """m(theta_j) = sum_i (a_i - clip(theta_j, l_i, a_i)) for every column of ``theta`` [B, m] -> [B, m],
+    in O((n + m) log n) with sorted prefix sums (no [B, m, n] intermediate)."""
+    su, sl = a.sort(dim=1).values, lower.sort(dim=1).values
+    cu, cl = su.cumsum(1), sl.cumsum(1)
+    theta = theta.contiguous()
+    ku = torch.searchsorted(su, theta, right=False)  # count of a_i < theta
+    kl = torch.searchsorted(sl, theta, right=False)  # count of l_i < theta
+    zero = torch.zeros_like(theta)
+    sum_u = torch.where(ku > 0, cu.gather(1, (ku - 1).clamp_min(0)), zero)  # sum of a_i < theta
+    sum_l_above = cl[:, -1:] - torch.where(kl > 0, cl.gather(1, (kl - 1).clamp_min(0)), zero)  # sum of l_i >= theta
+    middle = (kl - ku).to(a.dtype)  # l_i < theta <= a_i (l_i <= a_i, so a_i < theta implies l_i < theta)
+    return cu[:, -1:] - (sum_u + sum_l_above + theta * middle)
+
+
+def min_step_to_hyperplane(w: torch.Tensor, c: torch.Tensor, p: float, x: torch.Tensor | None = None,
+                           bounds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest lp step ``d`` with ``<w, d> = c`` and ``lower <= x + d <= upper``, per sample.
+
+    The box-constrained projection onto a hyperplane that FAB needs (Croce & Hein, ICML 2020,
+    eq. (5)); p in {1, 2, inf}. With ``s = sign(c)`` every coordinate moves by ``t_i`` in
+    ``[0, room_i]`` towards ``s sign(w_i)``, and the problem is ``min ||t||_p`` s.t.
+    ``sum |w_i| t_i = |c|``. Its KKT solution is ``t_i = min(lam a_i, room_i)`` with ``a_i = 1``
+    (p = inf), ``a_i = |w_i|`` (p = 2); for p = 1 the coordinates fill in decreasing order of
+    ``|w_i|`` (a fractional knapsack). ``<w, t(lam)>`` is piecewise linear in ``lam`` with
+    breakpoints ``room_i / a_i``; sorting them gives ``lam`` exactly. Without ``x``/``bounds`` the
+    room is unlimited (the classic ``c / ||w||_q`` Hölder step).
+
+    Returns ``(d, feasible)``: when even the whole room cannot reach ``|c|`` the step uses all of
+    it (the closest the box allows) and ``feasible`` is False for that sample.
+    """
+    p = parse_norm(p)
+    flat = w.flatten(1)
+    cf = c.to(flat.dtype).reshape(-1, 1)
+    s = torch.where(cf < 0, -torch.ones_like(cf), torch.ones_like(cf))
+    g = flat * s  # now we need <g, d> = |c| >= 0
+    if x is None or bounds is None:
+        room = torch.full_like(flat, math.inf)
+    else:
+        xf = x.flatten(1).to(flat.dtype)
+        room = torch.where(g > 0, bounds[1] - xf, xf - bounds[0]).clamp_min(0)
+    room = torch.where(g == 0, torch.zeros_like(room), room)
+    ag, target = g.abs(), cf.abs()
+    if p == 1:
+        t = _knapsack_fill(ag, room, target)
+    elif p == 2 or math.isinf(p):
+        t = _ramp_fill(ag, ag if p == 2 else (ag > 0).to(ag.dtype), room, target)
+    else:
+        raise ValueError(f"min_step_to_hyperplane supports p in 1, 2, inf, got {p}")
+    reach = (ag * torch.where(torch.isinf(room), torch.zeros_like(room), room)).sum(1)
+    feasible = torch.isinf(room).any(1) & (ag > 0).any(1) | (reach >= target[:, 0] * (1 - 1e-12))
+    return (g.sign() * t).view_as(w), feasible
+
+
+def _knapsack_fill(ag: torch.Tensor, room: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    order = ag.argsort(dim=1, descending=True, stable=True)
+    a, cap = ag.gather(1, order), room.gather(1, order)
+    gain = torch.where(a > 0, a * cap, torch.zeros_like(a))
+    before = torch.cat([torch.zeros_like(gain[:, :1]), gain.cumsum(1)[:, :-1]], dim=1)  # exclusive: inf-safe
+    need = (target - before).clamp_min(0)
+    t = torch.minimum(need / a.clamp_min(torch.finfo(a.dtype).tiny), cap)
+    t = torch.where(a > 0, t, torch.zeros_like(t))
+    return torch.zeros_like(ag).scatter_(1, order, t)
+
+
+def _ramp_fill(ag: torch.Tensor, a: torch.Tensor, room: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """t = min(lam a, room) with sum ag t = target (or t = room where a > 0 if that falls short)."""
+    free = a > 0
+    breaks = torch.where(free, room / torch.where(free, a, torch.ones_like(a)), torch.full_like(a, math.inf))
+    breaks, order = breaks.sort(dim=1, stable=True)
+    ga, aa, cap = ag.gather(1, order), a.gather(1, order), room.gather(1, order)
+    capped = torch.where(torch.isinf(breaks), torch.zeros_like(cap), ga * cap).cumsum(1)  # coordinates <= j capped
+    slope_after = (ga * aa).flip(1).cumsum(1).flip(1) - ga * aa  # sum over coordinates after j
+    value = torch.where(torch.isinf(breaks), torch.full_like(cap, math.inf), capped + breaks * slope_after.clamp_min(0))
+    k = (value < target).sum(1, keepdim=True)  # breakpoints passed before reaching the target
+    prev = (k - 1).clamp_min(0)
+    used = torch.where(k > 0, capped.gather(1, prev), torch.zeros_like(target))
+    slope = torch.where(k > 0, slope_after.gather(1, prev).clamp_min(0), (ga * aa).sum(1, keepdim=True))
+    lam = torch.where(slope > 0, (target - used).clamp_min(0) / slope.clamp_min(torch.finfo(a.dtype).tiny),
+                      torch.full_like(target, math.inf))
+    return torch.where(free, torch.minimum(lam * a, room), torch.zeros_like(room))
