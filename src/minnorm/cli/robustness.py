@@ -12,7 +12,7 @@ from . import _common as c
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "robustness", help="robustness measures of Balda et al. (Table I): rho-hat-1, rho-hat-2, eps at 99%",
+        "robustness", help="robustness measures of Balda et al. (Table I): rho-hat-1, rho-hat-2, eps at 99%%",
         description="Measure a classifier's robustness as in Table I of Balda, Behboodi and Mathar (2018): "
                     "rho-hat-1 (mean relative minimal perturbation found by DeepFool), rho-hat-2 (mean "
                     "first-order lower bound of their Proposition 1) and the smallest eps at which DeepFool "
