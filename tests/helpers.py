@@ -94,6 +94,7 @@ class RecordingModel(nn.Module):
         super().__init__()
         self.inner = model
         self.queries: list[tuple[torch.Tensor, torch.Tensor]] = []  # (inputs, logits)
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.inner(x)

@@ -90,7 +90,7 @@ class Recorder(nn.Module):
 @pytest.mark.parametrize("searches, const", [(1, 1.0), (3, 0.01)])
 def test_returns_best_not_last(searches, const):
     model, x, y = cnn_batch(1)
-    rec = Recorder(model)
+    rec = Recorder(model).eval()
     res = carlini_wagner_l2(rec, x, y, binary_search_steps=searches, max_iterations=40, initial_const=const,
                             abort_early=False)
     assert res.success.all()

@@ -115,7 +115,7 @@ def test_returns_best_iterate_not_last(levels):
     # one, which catches "keep the latest adversarial" as well as "keep the last iterate".
     lin, x = affine(20, 3, scale=5.0, seed=3), interior(16, 20)
     y = lin(x).argmax(1).detach()
-    rec = Recorder(lin)
+    rec = Recorder(lin).eval()
     res = ddn(rec, x, y, steps=40, gamma=0.3, levels=levels)
     steps = torch.stack(rec.seen[1:-1])  # drop the clean pass and the final check
     assert steps.shape[:2] == (40, 16)
@@ -179,7 +179,7 @@ def test_zero_gradient_takes_random_directions_deterministically():
     x = torch.full((3, 8), 0.5, dtype=F64)
     y = torch.zeros(3, dtype=torch.long)
     state = torch.get_rng_state()
-    runs = [ddn(Dead(), x, y, steps=60, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    runs = [ddn(Dead().eval(), x, y, steps=60, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
     assert torch.equal(torch.get_rng_state(), state)
     assert bool(runs[0].success.all())
     assert torch.equal(runs[0].adversarials, runs[1].adversarials)

@@ -103,7 +103,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="q must"):
         linear_region_attack(model, x, y, q=0.2)
     with pytest.raises(TypeError, match="Tanh"):
-        linear_region_attack(nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.Tanh()), x, y)
+        linear_region_attack(nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.Tanh()).eval(), x, y)
 
 
 def test_registered():

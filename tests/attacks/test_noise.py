@@ -70,7 +70,7 @@ def test_l1_sphere_noise_is_uniform_on_faces():
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("targeted", [False, True])
 def test_radial_model_closed_form(p, targeted):
-    model = Radial(p)
+    model = Radial(p).eval()
     x = torch.full((8, 1, 4, 4), 0.5, dtype=F64)
     labels = torch.ones(8, dtype=torch.long) if targeted else torch.zeros(8, dtype=torch.long)
     res = random_noise(model, x, labels, eps=1.05 / 4, norm=p, targeted=targeted)
@@ -118,7 +118,7 @@ def test_ball_and_box_respected(p, eps, trials, seed, bounds):
 
 
 def test_deterministic_no_global_rng_misclassified_and_empty():
-    model = Radial(2.0)
+    model = Radial(2.0).eval()
     x = 0.5 + 0.05 * torch.rand(5, 1, 4, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(5, dtype=torch.long)
     y[0] = 1  # misclassified already: returned as is, at norm 0, after the clean and final passes
@@ -132,7 +132,7 @@ def test_deterministic_no_global_rng_misclassified_and_empty():
     assert a.success[0] and a.norms[0] == 0 and a.forward_passes[0] == 2
     empty = random_noise(model, x[:0], y[:0], eps=0.2)
     assert empty.adversarials.shape == (0, 1, 4, 4)
-    single = random_noise(Radial(math.inf), x[1:2].float(), y[1:2], eps=0.3)
+    single = random_noise(Radial(math.inf).eval(), x[1:2].float(), y[1:2], eps=0.3)
     assert single.adversarials.dtype == torch.float32 and bool(single.success.all())
 
 
@@ -142,7 +142,7 @@ def test_deterministic_no_global_rng_misclassified_and_empty():
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        random_noise(Radial(2.0), torch.rand(2, 1, 4, 4), torch.tensor([0, 0]), **{"eps": 0.1, **kwargs})
+        random_noise(Radial(2.0).eval(), torch.rand(2, 1, 4, 4), torch.tensor([0, 0]), **{"eps": 0.1, **kwargs})
 
 
 @pytest.mark.parametrize("name", ["noise-l2", "noise-linf"])
@@ -150,5 +150,5 @@ def test_registry_quick(name):
     spec = minnorm.attacks.get(name)
     assert not spec.minimal and spec.targeted
     x = torch.full((3, 1, 4, 4), 0.5)
-    res = spec(Radial(spec.norm, c=0.01), x, torch.zeros(3, dtype=torch.long), **spec.quick)
+    res = spec(Radial(spec.norm, c=0.01).eval(), x, torch.zeros(3, dtype=torch.long), **spec.quick)
     assert bool(res.success.all())

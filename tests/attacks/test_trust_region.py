@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 def affine_problem(d=20, k=5, b=8, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    lin = nn.Linear(d, k).to(dtype)
+    lin = nn.Linear(d, k).to(dtype).eval()
     x = torch.rand(b, d, dtype=dtype) * 0.2 + 0.4
     with torch.no_grad():
         z = lin(x)
@@ -179,8 +179,8 @@ def test_second_order_step_follows_curvature():
     x = torch.tensor([[0.0, 1e-3]], dtype=torch.float64)
     y = torch.tensor([0])
     kw = {"steps": 1, "refine_steps": 0, "line_search": 0, "radius": 1.0, "adaptive": False, "bounds": (-5, 5)}
-    assert not bool(trust_region(Curved(), x, y, **kw).success.any())
-    res = trust_region(Curved(), x, y, order=2, **kw)
+    assert not bool(trust_region(Curved().eval(), x, y, **kw).success.any())
+    res = trust_region(Curved().eval(), x, y, order=2, **kw)
     assert bool(res.success.all())
     assert 0.5 < float(res.norms[0]) < 0.52
     assert not bool(res.info["hessian_vanished"].any())

@@ -64,16 +64,39 @@ def test_value_and_grad_is_per_sample():
     assert counted.forward_passes.tolist() == [2] * 5
 
 
-def test_budget():
-    counted = CountedModel(linear_model(), 2, budget=3)
+def test_budget_credits_passes_up_to_the_reserved_final_check():
+    counted = CountedModel(linear_model(), 2, budget=4)  # 3 search passes, 1 kept for the final check
     x = torch.rand(2, 3, dtype=torch.float64)
     counted(x)
     counted.count_backward()
-    counted(x[:1], torch.tensor([0]))  # sample 0 now at its budget of 3: still allowed
-    counted.count_backward(torch.tensor([1]))
-    with pytest.raises(PassBudgetExceeded, match="budget of 3"):
-        counted.count_backward(torch.tensor([0]))
+    counted(x[:1], torch.tensor([0]))  # sample 0 now at its search limit of 3: still credited
+    assert counted.exhausted.tolist() == [False, False]
+    counted.count_backward(torch.tensor([0]))  # one too many: not charged, sample 0 exhausted
+    assert counted.exhausted.tolist() == [True, False]
+    assert counted.forward_passes.tolist() == [2, 1] and counted.backward_passes.tolist() == [1, 1]
+    counted(x)  # sample 1 reaches 3; sample 0 stays uncharged
+    assert counted.forward_passes.tolist() == [2, 2]
+    counted(x)  # now both are exhausted ...
+    with pytest.raises(PassBudgetExceeded, match="budget"):
+        counted(x)  # ... so the next call stops the attack
+    counted.verify(x)  # the final check is always charged
+    assert (counted.forward_passes + counted.backward_passes).tolist() == [4, 4]
     assert issubclass(PassBudgetExceeded, RuntimeError)
+
+
+def test_repeated_rows_are_charged_per_occurrence():
+    counted = CountedModel(linear_model(), 3)
+    counted(torch.rand(4, 3, dtype=torch.float64), torch.tensor([0, 0, 2, 0]))
+    counted.charge(torch.tensor([1, 1]), forward=2, backward=1)
+    assert counted.forward_passes.tolist() == [3, 4, 1] and counted.backward_passes.tolist() == [0, 2, 0]
+
+
+def test_per_sample_budgets():
+    counted = CountedModel(linear_model(), 3, budget=torch.tensor([2, 3, 1]))
+    x = torch.rand(3, 3, dtype=torch.float64)
+    counted(x)
+    counted(x)
+    assert counted.forward_passes.tolist() == [1, 2, 0] and counted.exhausted.tolist() == [True, False, True]
 
 
 def test_no_budget_never_raises():

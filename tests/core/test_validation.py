@@ -87,7 +87,7 @@ def test_check_logits():
     for logits, error, pattern in cases:
         with pytest.raises(error, match=pattern):
             check_logits(logits, 3)
-    with pytest.raises(ValueError, match="label 2 out of range for a model with 2 classes"):
+    with pytest.raises(ValueError, match="label 2 at index 2 is out of range"):
         check_logits(torch.zeros(3, 2), 3, Y)
 
 

@@ -99,8 +99,7 @@ def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, st
                   generator=run.generator)
     else:
         res = deepfool(run.model.model, x0, y, norm=2, bounds=run.bounds)
-    run.model.forward_passes[todo] += res.forward_passes
-    run.model.backward_passes[todo] += res.backward_passes
+    run.model.charge(todo, forward=res.forward_passes, backward=res.backward_passes)
     first = torch.where(res.success.view(-1, *[1] * (x0.dim() - 1)), res.adversarials, torch.nan)[:, None]
     if reference is None:
         return first
@@ -140,7 +139,7 @@ class _Search:
     def _forward(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             logits = self.run.model.model(x)
-        self.run.model.forward_passes.index_add_(0, owner, torch.ones_like(owner))
+        self.run.model.charge(owner, forward=1)
         return logits
 
     def _offer(self, chains: torch.Tensor, points: torch.Tensor, ok: torch.Tensor) -> None:
@@ -224,7 +223,7 @@ class _Search:
                 return
             y = self._sample(chains, gamma)
             logits, region = self.net.capture(y)
-            self.run.model.forward_passes.index_add_(0, self.owner[chains], torch.ones_like(chains))
+            self.run.model.charge(self.owner[chains], forward=1)
             self._offer(chains, y, self.run.is_adversarial(logits, self.owner[chains]))  # best seen, invariant 7
             h = region.hashes().to(self.x0.device)
             seen = ((self.seen[chains] == h[:, None, :]).all(2) & self.filled[chains]).any(1)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
-from .counting import CountedModel
-from .norms import lp_norm, parse_norm
+from .best import BestAdversarial
+from .counting import CountedModel, claim_budget
+from .norms import batch_view, lp_norm, parse_norm
 from .result import AttackResult
 from .validation import check_inputs, check_logits
 
@@ -69,9 +71,13 @@ class AttackRun:
             raise RuntimeError(f"attack produced shape {tuple(adversarials.shape)}, expected {tuple(x.shape)}")
         adv = adversarials.detach().to(dtype=x.dtype, device=x.device).clamp(*self.bounds)
         adv = torch.where(torch.isfinite(adv), adv, x)
+        over = self.model.over_budget()
+        if self.model.tracker is not None and bool(over.any()):
+            # Past its budget a sample keeps the best adversarial of its credited passes only.
+            adv = torch.where(batch_view(over, x), self.model.tracker.points.clamp(*self.bounds), adv)
         if self.batch_size:
             with torch.no_grad():
-                success = self.is_adversarial(self.model(adv))
+                success = self.is_adversarial(self.model.verify(adv))
         else:
             success = torch.zeros(0, dtype=torch.bool, device=x.device)
         mask = success.view(-1, *([1] * (x.dim() - 1)))
@@ -86,24 +92,47 @@ class AttackRun:
             backward_passes=self.model.backward_passes,
             seconds=time.perf_counter() - self.started,
             info=info or {},
+            over_budget=over,
         )
 
 
 def start_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool,
                  bounds: tuple[float, float], norm: float | str,
-                 generator: torch.Generator | None = None, budget: int | None = None) -> AttackRun:
-    """Validate, count, and run the clean forward pass (DESIGN item 6 errors come from here)."""
+                 generator: torch.Generator | None = None) -> AttackRun:
+    """Validate, count, and run the clean forward pass (DESIGN item 6 errors come from here).
+
+    Inside :func:`~minnorm.core.counting.call_with_budget` the outermost attack gets the pass
+    budget (see :mod:`minnorm.core.counting`)."""
     started = time.perf_counter()
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+    check_eval_mode(model)
     bounds = check_inputs(inputs, labels, bounds)
-    counted = CountedModel(model, inputs.shape[0], inputs.device, budget=budget)
+    labels = labels.detach().long()
+    p = parse_norm(norm)
     generator = make_generator(generator, inputs.device)
+
+    def make_run(budget):
+        counted = CountedModel(model, inputs.shape[0], inputs.device, budget=budget)
+        if budget is not None:
+            counted.tracker = BestAdversarial(inputs.detach(), labels, bool(targeted), p)
+        return AttackRun(counted, inputs.detach(), labels, bool(targeted), bounds, p, 0,
+                         torch.zeros(0, 0, dtype=inputs.dtype, device=inputs.device), generator, started)
+
+    run = claim_budget(make_run)
     if inputs.shape[0]:
         with torch.no_grad():
-            clean = counted(inputs.detach())
-        k = check_logits(clean, inputs.shape[0], labels)
-    else:
-        clean, k = torch.zeros(0, 0, dtype=inputs.dtype, device=inputs.device), 0
-    return AttackRun(counted, inputs.detach(), labels.detach(), bool(targeted), bounds, parse_norm(norm),
-                     k, clean.detach(), generator, started)
+            clean = run.model(inputs.detach())
+        run.num_classes = check_logits(clean, inputs.shape[0], labels)
+        run.clean_logits = clean.detach()
+    return run
+
+
+def check_eval_mode(model) -> None:
+    """Attacks need a deterministic, per-sample model: refuse one with modules in training mode
+    (BatchNorm would update its running statistics, Dropout would make success flags random)."""
+    if isinstance(model, nn.Module):
+        training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+        if training:
+            raise ValueError(f"the model is in training mode ({', '.join(training[:3])}"
+                             f"{', ...' if len(training) > 3 else ''}): call model.eval() before attacking it")

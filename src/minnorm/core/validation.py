@@ -51,15 +51,27 @@ def check_inputs(inputs: torch.Tensor, labels: torch.Tensor, bounds: tuple[float
     if labels.dim() != 1:
         raise ValueError(f"labels must be 1-D [B], got shape {tuple(labels.shape)}")
     if labels.dtype in (torch.bool,) or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        raise TypeError(f"labels must be an integer tensor (class indices), got {labels.dtype}; "
+                        "convert integral values with labels.long()")
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"batch size mismatch: {inputs.shape[0]} inputs but {labels.shape[0]} labels")
     if labels.device != inputs.device:
         raise ValueError(f"inputs are on {inputs.device} but labels on {labels.device}")
     parsed = check_batch(inputs, check_bounds(bounds))
-    if labels.numel() and int(labels.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+    check_label_range(labels)
     return parsed
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int | None = None) -> None:
+    """Labels must be class indices: >= 0 and, once the model's class count is known, < K.
+    The message names the first offending sample."""
+    if not labels.numel():
+        return
+    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        limit = ">= 0" if num_classes is None else f"in 0..{num_classes - 1} (the model has {num_classes} classes)"
+        raise ValueError(f"label {int(labels[i])} at index {i} is out of range: labels must be {limit}")
 
 
 def check_logits(logits: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None) -> int:
@@ -73,8 +85,8 @@ def check_logits(logits: torch.Tensor, batch_size: int, labels: torch.Tensor | N
         raise ValueError(f"model output must have at least 2 classes, got {k}")
     if logits.numel() and not bool(torch.isfinite(logits).all()):
         raise ValueError("model returned NaN or inf logits on the clean inputs")
-    if labels is not None and labels.numel() and int(labels.max()) >= k:
-        raise ValueError(f"label {int(labels.max())} out of range for a model with {k} classes")
+    if labels is not None:
+        check_label_range(labels, k)
     return k
 
 
