@@ -1,0 +1,99 @@
+"""Pieces shared by the minimal-norm attacks FMN, FAB and the APGD search (fmn.py, fab.py, apgd.py).
+
+Private (the package importer skips modules starting with ``_``): best-adversarial tracking over
+every point sent to the model (DESIGN invariant 7), cosine schedules, per-norm step directions,
+the DLR losses of Croce & Hein (2020) and a random start in an lp ball.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import batch_view, is_adversarial, lp_norm, rand_like, scale_to_norm
+
+
+class BestTracker:
+    """Smallest adversarial seen per sample: ``best`` (points) and ``norms`` (``inf`` until found).
+
+    ``update`` takes the rows ``index`` of the full batch, their points and the logits the model
+    gave for exactly those points, so that every adversarial point the attack queried counts.
+    """
+
+    def __init__(self, inputs: torch.Tensor, p: float, labels: torch.Tensor, targeted: bool):
+        self.x, self.p, self.labels, self.targeted = inputs, p, labels, targeted
+        self.best = inputs.clone()
+        self.norms = torch.full((inputs.shape[0],), math.inf, dtype=inputs.dtype, device=inputs.device)
+
+    def update(self, index: torch.Tensor, points: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Record the adversarial rows among ``points``; returns their adversarial mask."""
+        adv = is_adversarial(logits, self.labels[index], self.targeted)
+        norms = lp_norm(points - self.x[index], self.p)
+        better = adv & (norms < self.norms[index])
+        if bool(better.any()):
+            rows = index[better]
+            self.norms[rows] = norms[better]
+            self.best[rows] = points[better]
+        return adv
+
+
+def cosine(start: float, end: float, k: int, steps: int) -> float:
+    """Cosine annealing from ``start`` (k = 0) to ``end`` (k = steps - 1), as FMN anneals gamma and alpha."""
+    return end + (start - end) * (1 + math.cos(math.pi * k / max(steps - 1, 1))) / 2
+
+
+def safe_grad(grad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The gradient, with rows that are zero (or not finite) replaced by Gaussian noise: a flat
+    region gives no direction, and standing still would waste the remaining steps."""
+    flat = grad.flatten(1)
+    bad = ~torch.isfinite(flat).all(1) | ~(flat.abs().amax(1) > 0)
+    if not bool(bad.any()):
+        return grad
+    noise = rand_like(grad, generator, normal=True)
+    return torch.where(batch_view(bad, grad), noise, torch.nan_to_num(grad))
+
+
+def dlr_objective(labels: torch.Tensor, targeted: bool, targets: torch.Tensor | None = None):
+    """Difference of logits ratio to *ascend* (Croce & Hein, ICML 2020, Sec. 3.2, eqs. (6)-(7)).
+
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``. Towards a class ``t`` (APGD-T, or
+    a targeted attack, where ``labels`` are the targets and the competitor is the strongest other
+    class): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. Shift and scale invariant in the
+    logits; ``pi`` sorts the logits in decreasing order. With fewer than 3 (4) classes the
+    smallest logit stands in for the missing ones.
+    """
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        srt = logits.sort(dim=1, descending=True).values
+        k = srt.shape[1]
+        z3 = srt[:, min(2, k - 1)]
+        if targeted or targets is not None:
+            t = labels if targeted else targets
+            z_t = logits.gather(1, t[:, None]).squeeze(1)
+            if targeted:
+                z_y = logits.scatter(1, t[:, None], -math.inf).amax(1)
+            else:
+                z_y = logits.gather(1, labels[:, None]).squeeze(1)
+            z4 = srt[:, min(3, k - 1)]
+            return -(z_y - z_t) / (srt[:, 0] - (z3 + z4) / 2 + 1e-12)
+        z_y = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
+        return -(z_y - other) / (srt[:, 0] - z3 + 1e-12)
+    return objective
+
+
+def random_in_ball(x: torch.Tensor, p: float, radius: torch.Tensor, generator: torch.Generator,
+                   bounds: tuple[float, float]) -> torch.Tensor:
+    """``x`` plus a random perturbation of lp norm ``radius`` (per sample), clipped to the box:
+    Gaussian directions (Laplace-like sparse ones for p = 1 come out of the cube of the Gaussian)."""
+    d = rand_like(x, generator, normal=True)
+    if math.isinf(p):
+        d = rand_like(x, generator) * 2 - 1
+    elif p == 1:
+        d = d ** 3
+    return (x + scale_to_norm(d, p, radius)).clamp(*bounds)
+
+
+def top_other_classes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` classes with the largest logits besides the label, in decreasing order ``[B, k]``."""
+    k = min(k, logits.shape[1] - 1)
+    return logits.scatter(1, labels[:, None], -math.inf).topk(k, dim=1).indices

@@ -1,0 +1,144 @@
+"""Fast Adaptive Boundary attack, FAB and FAB-T (Croce & Hein, ICML 2020), minimal L1, L2 and Linf."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, register, start_attack
+from ..core.norms import min_step_to_hyperplane
+from ._minimal import BestTracker, random_in_ball, top_other_classes
+
+__all__ = ["fab"]
+
+_RESTART_RADIUS = {1.0: 5.0, 2.0: 1.0, math.inf: 0.1}  # for samples not broken yet, in units of the box width
+
+
+def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2, targeted: bool = False,
+        steps: int = 100, restarts: int = 1, targets: int | None = None, candidates: int | None = None,
+        alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, restart_radius: float | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None) -> AttackResult:
+    """FAB, Algorithm 1 of the paper; FAB-T (AutoAttack's targeted version) with ``targets=k``.
+
+    Each iteration linearises ``f_l - f_c`` at ``x^(i)`` for the candidate classes ``l`` (``c`` the
+    label), picks the class ``s`` whose linearised boundary is nearest (eq. (4), ``|f_l - f_c| /
+    ||grad||_q``), and projects both ``x^(i)`` and ``x_orig`` onto that hyperplane within the box
+    (eq. (5), exactly: ``core.norms.min_step_to_hyperplane``). The biased step (eq. (6)):
+
+        x^(i+1) = clip((1 - a)(x^(i) + eta d_i) + a (x_orig + eta d_orig)),
+        a = min(||d_i||_p / (||d_i||_p + ||d_orig||_p), alpha_max),
+
+    and whenever ``x^(i+1)`` is adversarial it is recorded and pulled back towards the input,
+    ``x <- (1 - beta) x_orig + beta x`` (Sec. 3.2), so the search continues from just inside the
+    clean side. ``restarts`` > 1 start again from random points at lp distance ``min(||best||_p / 2,
+    restart_radius)`` around the input (Sec. 3.3).
+
+    ``targets=k`` is FAB-T: one run (of ``steps`` iterations, times ``restarts``) per class among
+    the ``k`` largest clean logits besides the label, each linearising only ``f_t - f_c``. With
+    ``targeted=True`` the target is the given label and the competitor the strongest other class.
+    ``candidates`` limits untargeted FAB to the classes with the largest clean logits (all by
+    default).
+
+    Cost per iteration and active sample: one forward pass and one backward pass per linearised
+    class (K - 1 for untargeted FAB, 1 for FAB-T), plus one forward pass when the iterate was
+    adversarial (the backward step moves the point). Returns the smallest adversarial queried.
+    """
+    steps = check_int("steps", steps)
+    restarts = check_int("restarts", restarts)
+    if targets is not None:
+        targets = check_int("targets", targets)
+    if candidates is not None:
+        candidates = check_int("candidates", candidates)
+    alpha_max = check_positive("alpha_max", alpha_max, allow_zero=True)
+    eta = check_positive("eta", eta)
+    beta = check_positive("beta", beta)
+    if alpha_max > 1 or beta > 1:
+        raise ValueError(f"alpha_max and beta must be in [0, 1], got {alpha_max}, {beta}")
+    if restart_radius is not None:
+        restart_radius = check_positive("restart_radius", restart_radius)
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
+    if run.norm not in _RESTART_RADIUS:
+        raise ValueError(f"fab supports norm 1, 2 or inf, got {run.norm}")
+    tracker = BestTracker(run.inputs, run.norm, run.labels, run.targeted)
+    if run.batch_size == 0:
+        return run.finish(inputs.clone())
+    done = tracker.update(torch.arange(run.batch_size, device=inputs.device), run.inputs, run.clean_logits)
+    index = (~done).nonzero().squeeze(1)
+    if len(index) == 0:
+        return run.finish(tracker.best)
+    radius = (restart_radius if restart_radius is not None else _RESTART_RADIUS[run.norm]) * (run.bounds[1] - run.bounds[0])
+    for classes in _class_sets(run, index, targets, candidates):
+        for r in range(restarts):
+            start = run.inputs[index]
+            if r > 0:
+                rad = torch.clamp(tracker.norms[index] / 2, max=radius)
+                start = random_in_ball(start, run.norm, rad, run.generator, run.bounds)
+            _fab_run(run, tracker, index, classes, start, steps, (alpha_max, eta, beta))
+    return run.finish(tracker.best)
+
+
+def _class_sets(run, index: torch.Tensor, targets: int | None, candidates: int | None) -> list[torch.Tensor]:
+    """Classes to linearise, one ``[b, C]`` tensor per run: all candidates at once (FAB), one target
+    class per run (FAB-T), or the given targets (targeted mode)."""
+    if run.targeted:
+        return [run.labels[index][:, None]]
+    if run.num_classes < 2:
+        return []
+    if targets is None:
+        return [top_other_classes(run.clean_logits[index], run.labels[index], candidates or run.num_classes)]
+    top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
+    return [top[:, j:j + 1] for j in range(top.shape[1])]
+
+
+def _differences(run, index: torch.Tensor, x: torch.Tensor, classes: torch.Tensor):
+    """Logits, ``f_l - f_c`` ``[b, C]`` and their gradients ``[b, C, *x]`` at ``x``: one forward pass
+    and C backward passes. ``c`` is the label (untargeted), or for a target ``l`` (targeted mode)
+    the strongest other class."""
+    with torch.enable_grad():
+        xa = x.detach().requires_grad_(True)
+        logits = run.model(xa, index)
+        if run.targeted:
+            other = logits.scatter(1, classes, -math.inf).amax(1, keepdim=True)
+        else:
+            other = logits.gather(1, run.labels[index][:, None])
+        diff = logits.gather(1, classes) - other
+        grads = []
+        for j in range(classes.shape[1]):
+            (g,) = torch.autograd.grad(diff[:, j].sum(), xa, retain_graph=j < classes.shape[1] - 1)
+            grads.append(g)
+            run.model.count_backward(index)
+    return logits.detach(), diff.detach(), torch.stack(grads, 1)
+
+
+def _fab_run(run, tracker: BestTracker, index: torch.Tensor, classes: torch.Tensor, start: torch.Tensor,
+             steps: int, params: tuple[float, float, float]) -> None:
+    alpha_max, eta, beta = params
+    x0, x, p = run.inputs[index], start.clone(), run.norm
+    q, tiny = dual_exponent(p), torch.finfo(x.dtype).tiny
+    rows = torch.arange(len(index), device=x.device)
+    for _ in range(steps):
+        logits, diff, grads = _differences(run, index, x, classes)
+        adv = tracker.update(index, x, logits)
+        if bool(adv.any()):
+            # Sec. 3.2: a successful point is pulled back towards x_orig before the next linearisation
+            a = adv.nonzero().squeeze(1)
+            x[a] = (1 - beta) * x0[a] + beta * x[a]
+            _, diff[a], grads[a] = _differences(run, index[a], x[a], classes[a])
+        gn = lp_norm(grads.flatten(0, 1), q).view_as(diff)
+        s = (diff.abs() / gn.clamp_min(tiny)).argmin(1)
+        w, d = grads[rows, s], diff[rows, s]
+        step_x, _ = min_step_to_hyperplane(w, -d, p, x, run.bounds)
+        at_orig = d + (w * (x0 - x)).flatten(1).sum(1)
+        step_o, _ = min_step_to_hyperplane(w, -at_orig, p, x0, run.bounds)
+        nx, no = lp_norm(step_x, p), lp_norm(step_o, p)
+        alpha = torch.clamp(nx / (nx + no).clamp_min(tiny), max=alpha_max)
+        alpha = batch_view(alpha, x)
+        x = ((1 - alpha) * (x + eta * step_x) + alpha * (x0 + eta * step_o)).clamp(*run.bounds)
+    with torch.no_grad():
+        tracker.update(index, x, run.model(x, index))
+
+
+for _p, _name in ((1.0, "fab-l1"), (2.0, "fab-l2"), (math.inf, "fab-linf")):
+    register(_name, fab, norm=_p, minimal=True, targeted=True, paper="Croce & Hein 2020 (FAB)",
+             description="fast adaptive boundary: biased projections onto the nearest linearised boundary",
+             defaults={"norm": _p}, quick={"steps": 20})
