@@ -11,6 +11,19 @@ import pkgutil
 import sys
 
 
+# Errors that mean "what you gave me is wrong or cannot be used" (bad options, unreadable or
+# hostile files, an output folder that cannot be written): one line and exit code 2. Readers
+# turn what their libraries raise (unpickling, gzip, safetensors errors) into ValueError; any
+# other exception is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (its type when it has none)."""
+    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
+    return "; ".join(lines) if lines else type(err).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minnorm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -28,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        print(f"minnorm {args.command}: error: {err}", file=sys.stderr)
+    except INPUT_ERRORS as err:
+        print(f"minnorm {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"minnorm {args.command}: interrupted", file=sys.stderr)

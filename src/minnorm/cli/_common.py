@@ -83,16 +83,18 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
     """A shipped model name (``cnn``, ``mlp``, ...) or ``pkg.mod:factory``; ``weights`` is loaded on top.
 
     The model is put in eval mode: attacks measure the deployed model, and BatchNorm/Dropout
-    in train mode would make a batch differ from its samples one by one.
+    in train mode would make a batch differ from its samples one by one. For a factory, the
+    working directory is importable, but searched last: a local folder named like an installed
+    package (``matplotlib/``) does not shadow it.
     """
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         if "" not in sys.path and os.getcwd() not in sys.path:
             # The `minnorm` script, unlike `python -m`, does not see the working directory.
-            sys.path.insert(0, os.getcwd())
+            sys.path.append(os.getcwd())
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
+        except (ImportError, AttributeError, ValueError) as err:
             raise ValueError(f"--model: cannot import {spec!r}: {err}") from None
         model = factory()
         if not isinstance(model, torch.nn.Module):
@@ -114,36 +116,80 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
     return model.eval().to(device)
 
 
-def load_data(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_data(spec: str, model: torch.nn.Module | None = None,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """``sample``, ``fashion-mnist[:train]``, a dataset path, or a tensor file this CLI wrote.
 
     Tensor files (``.pt`` read with ``weights_only=True``, or ``.safetensors``) hold ``x``/``y``
     or the ``adversarials``/``labels`` that ``minnorm attack`` saves, so saved adversarials can
-    be attacked or transferred again.
+    be attacked or transferred again. Every source is checked (:func:`minnorm.data.check_pair`:
+    uint8 scaled to [0, 1], one integer label per input, no channels-last images); with
+    ``model``, also that the inputs fit it (:func:`fit_data`). Errors are ``ValueError``s that
+    name the file.
     """
-    if spec.endswith(TENSOR_SUFFIXES):
-        return _load_tensor_file(spec)
     from .. import data
 
-    x, y = data.resolve_dataset(spec)
-    return torch.as_tensor(x), torch.as_tensor(y).long()
+    if spec.endswith(TENSOR_SUFFIXES):
+        x, y = _load_tensor_file(spec)
+    else:
+        x, y = data.resolve_dataset(spec)
+    x, y = data.check_pair(x, y, f"--data {spec}")
+    return fit_data(model, x, y, device, spec) if model is not None else (x, y)
 
 
 def _load_tensor_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..evaluation.store import read_tensor_file
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"--data: no such file: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        tensors = load_file(path)
-    else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    tensors = read_tensor_file(path, "--data")
     if not isinstance(tensors, dict):
-        raise ValueError(f"--data: {path} must hold a dict of tensors")
+        raise ValueError(f"--data {path} must hold a dict of tensors, found {type(tensors).__name__}")
     for xk, yk in (("x", "y"), ("adversarials", "labels")):
         if xk in tensors and yk in tensors:
-            return tensors[xk].float(), tensors[yk].long()
-    raise ValueError(f"--data: {path} must hold tensors 'x' and 'y' (or 'adversarials' and 'labels'); "
-                     f"found {sorted(tensors)}")
+            return tensors[xk], tensors[yk]  # checked by data.check_pair
+    raise ValueError(f"--data {path} must hold tensors 'x' and 'y' (or 'adversarials' and 'labels'); "
+                     f"found {sorted(map(str, tensors))}")
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 if none)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+@torch.no_grad()
+def fit_data(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "cpu",
+             source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs converted to the model's floating dtype (float64 data for a float32 model becomes
+    float32, and the reverse), checked by one forward pass on the first sample: the model must
+    accept their shape and return logits ``[1, K]``, and every label must lie in ``[0, K)``."""
+    x = x.to(model_dtype(model))
+    try:
+        logits = model(x[:1].to(device))
+    except Exception as err:  # noqa: BLE001 (the model says why the inputs do not fit; reported as such)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"--data {source}: inputs of shape {tuple(x.shape[1:])} do not fit the model "
+                         f"({type(err).__name__}: {first})") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 1:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"--model must return logits [N, classes]; for one input of shape {tuple(x.shape[1:])} "
+                         f"it returned {shape}")
+    classes = logits.shape[1]
+    if bool((y >= classes).any()):
+        i = int((y >= classes).nonzero()[0])
+        raise ValueError(f"--data {source}: label {i} is {int(y[i])}, but the model has {classes} classes (0-{classes - 1})")
+    return x, y
+
+
+def check_out(path: str | None) -> None:
+    """Pre-flight check of ``--out`` (see :func:`minnorm.evaluation.store.check_out_dir`), before anything runs."""
+    if path:
+        from ..evaluation.store import check_out_dir
+
+        check_out_dir(path)
 
 
 @torch.no_grad()

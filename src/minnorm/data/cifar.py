@@ -21,23 +21,27 @@ try:  # numpy >= 2 moved the module; old pickles still name numpy.core
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
 
-__all__ = ["CIFAR10_CLASS_NAMES", "RestrictedUnpickler", "load_cifar10", "read_cifar10_batch", "restricted_load"]
+__all__ = ["CIFAR10_CLASS_NAMES", "RefusedPickle", "RestrictedUnpickler", "load_cifar10", "read_cifar10_batch", "restricted_load"]
 
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class RefusedPickle(pickle.UnpicklingError, ValueError):
+    """A data file the restricted unpickler refused (also a ``ValueError``: bad input)."""
 
 
 def _dtype(obj: Any, align: bool = False, copy: bool = False) -> np.dtype:
     dt = np.dtype(obj, align, copy)
     if dt.hasobject:  # object arrays would unpickle arbitrary items through the array's state
-        raise pickle.UnpicklingError("object dtypes are not allowed")
+        raise RefusedPickle("object dtypes are not allowed")
     return dt
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     if str(encoding).lower().replace("-", "_") not in ("latin1", "latin_1", "iso8859_1", "iso_8859_1"):
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+        raise RefusedPickle(f"_codecs.encode with encoding {encoding!r} is not allowed")
     if not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode expects a str, got {type(text).__name__}")
+        raise RefusedPickle(f"_codecs.encode expects a str, got {type(text).__name__}")
     return text.encode("latin1")
 
 
@@ -57,7 +61,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data file") from None
+            raise RefusedPickle(f"refusing to load global {module}.{name} from a data file") from None
 
 
 def restricted_load(data: bytes) -> Any:
@@ -70,7 +74,13 @@ def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR batch not found: {path}")
-    obj = restricted_load(path.read_bytes())
+    try:
+        obj = restricted_load(path.read_bytes())
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 (hostile or damaged pickles fail in many ways)
+        cls = RefusedPickle if isinstance(err, pickle.UnpicklingError) else ValueError
+        raise cls(f"{path}: not a CIFAR python batch, or a damaged one ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")  # noqa: TRY004 (bad file, not bad argument)
     entries = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}

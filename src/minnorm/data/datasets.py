@@ -6,6 +6,8 @@ all an attack or a training loop needs.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 from .cifar import load_cifar10, read_cifar10_batch
 from .idx import read_idx
 
-__all__ = ["CLASS_NAMES", "DEFAULT_FASHION_MNIST_ROOT", "SAMPLE_PATH", "batches", "fashion_mnist_root",
+__all__ = ["CLASS_NAMES", "DEFAULT_FASHION_MNIST_ROOT", "SAMPLE_PATH", "batches", "check_pair", "fashion_mnist_root",
            "load_fashion_mnist", "load_sample", "resolve_dataset", "to_tensors"]
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -26,22 +28,54 @@ _MISSING_HINT = ("install it with `apt-get install -y dataset-fashion-mnist` (fi
                  f"{DEFAULT_FASHION_MNIST_ROOT}) or set MINNORM_DATA to a folder holding the IDX files")
 
 
-def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``) -> float32 in [0, 1] with a channel axis;
-    float images pass through. Labels -> int64."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+def check_pair(x: torch.Tensor, y: torch.Tensor, source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate and normalise an ``(inputs, labels)`` pair; errors are ``ValueError`` naming ``source``.
+
+    Inputs: uint8 is scaled to float32 in [0, 1] (``/ 255``), floating point passes through, any
+    other dtype is refused; ``[N, ...]`` with N >= 1, finite, and a 4-D tensor that looks
+    channels-last (``[N, H, W, C]`` with C in 1, 3, 4 while dim 1 is not) is refused. Labels:
+    one per input, any integer dtype (or whole-valued floats), >= 0; returned as int64.
+    """
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{source}: inputs and labels must be tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.dtype == torch.uint8:
         x = x.to(torch.float32) / 255.0
     elif not x.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point, got {x.dtype}")
+        raise ValueError(f"{source}: inputs must be uint8 (0-255) or floating point, got {x.dtype}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{source}: inputs must be [N, ...] with N >= 1 samples, got shape {tuple(x.shape)}")
+    if x.dim() == 4 and x.shape[1] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        raise ValueError(f"{source}: inputs of shape {tuple(x.shape)} look channels-last [N, H, W, C]; minnorm "
+                         "takes [N, C, H, W] (convert with x.permute(0, 3, 1, 2))")
+    finite = torch.isfinite(x.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"{source}: inputs hold NaN or infinite values (sample {int((~finite).nonzero()[0])})")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{source}: {x.shape[0]} inputs but labels of shape {tuple(y.shape)}; need one label per input")
+    if y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
+    if y.is_floating_point():
+        bad = (~torch.isfinite(y)) | (y != y.round())
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"{source}: labels must be whole numbers; label {i} is {float(y[i])!r}")
+    if bool((y < 0).any()):
+        i = int((y < 0).nonzero()[0])
+        raise ValueError(f"{source}: labels are class indices >= 0; label {i} is {y[i].item()}")
+    return x.contiguous(), y.to(torch.int64)
+
+
+def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+               source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``) -> float32 in [0, 1] with a channel axis;
+    float images pass through. Labels -> int64. Checked by :func:`check_pair`."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4:
-        raise ValueError(f"images must be [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-        raise ValueError(f"labels must be {x.shape[0]} integers, got {y.dtype} {tuple(y.shape)}")
-    return x.contiguous(), y.to(torch.int64)
+        raise ValueError(f"{source}: images must be [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
+    return check_pair(x, y, source)
 
 
 def fashion_mnist_root(root: str | os.PathLike | None = None) -> Path:
@@ -86,19 +120,27 @@ def _load_path(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             return to_tensors(*load_cifar10("test", path))
         return load_fashion_mnist("test", path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            keys = ("x", "y") if "x" in f else ("images", "labels")
-            if not set(keys) <= set(f.files):
-                raise ValueError(f"{path}: expected arrays 'x' and 'y' (or 'images' and 'labels'), found {f.files}")
-            return to_tensors(f[keys[0]], f[keys[1]])
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                keys = ("x", "y") if "x" in f else ("images", "labels")
+                if not set(keys) <= set(f.files):
+                    raise ValueError(f"{path}: expected arrays 'x' and 'y' (or 'images' and 'labels'), found {f.files}")
+                images, labels = f[keys[0]], f[keys[1]]
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError) as err:
+            if isinstance(err, FileNotFoundError) or str(err).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: not a readable .npz of arrays ({err})") from None
+        return to_tensors(images, labels, str(path))
     if path.suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from ..evaluation.store import read_tensor_file
+
+        obj = read_tensor_file(path, "data file")
         if isinstance(obj, dict):
             obj = (obj.get("x", obj.get("images")), obj.get("y", obj.get("labels")))
         if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)):
-            raise ValueError(f"{path}: expected a pair of tensors (x, y) or a dict with 'x' and 'y'")
-        return to_tensors(*obj)
-    return to_tensors(*read_cifar10_batch(path))
+            raise ValueError(f"{path}: expected a pair of tensors (x, y) or a dict with tensors 'x' and 'y'")
+        return to_tensors(*obj, str(path))
+    return to_tensors(*read_cifar10_batch(path), str(path))
 
 
 def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:

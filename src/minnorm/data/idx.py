@@ -6,7 +6,9 @@ uint32 sizes; then the data, big-endian, in C order.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +34,18 @@ def _open(path: Path, mode: str):
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw) into a native-endian numpy array.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a bad magic
-    number, an unknown type code, or a data size that does not match the header.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file) for
+    damaged or truncated gzip data, a bad magic number, an unknown type code, or a data size
+    that does not match the header (computed with Python integers, so huge sizes cannot wrap).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
-    with _open(path, "rb") as f:
-        data = f.read()
+    try:
+        with _open(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path}: damaged or truncated gzip data ({err or type(err).__name__})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     code, ndim = data[2], data[3]
@@ -50,9 +56,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = _TYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no wrap-around
     if len(data) - header != expected:
         raise ValueError(f"{path}: IDX shape {shape} needs {expected} data bytes, found {len(data) - header}")
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

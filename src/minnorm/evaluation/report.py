@@ -18,7 +18,7 @@ import numpy as np
 from .metrics import ALL
 from .plots import examples_plot, norm_histograms, robust_accuracy_plot
 from .results import sample_columns
-from .store import RunStore, atomic_write
+from .store import OutputFolder, RunStore, json_text
 
 SUMMARY_FIELDS = ["attack", "mode", "samples", "success_rate", "mean_norm", "median_norm", "relative_mean",
                   "relative_worst", "area_gap", "passes_per_sample", "seconds_per_sample", "over_budget"]
@@ -44,36 +44,41 @@ def results_dict(ev) -> dict[str, Any]:
 
 
 def write_reports(ev, folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    plots = folder / "plots"
-    plots.mkdir(exist_ok=True)
-    paths = {"json": folder / "results.json", "samples_csv": folder / "samples.csv",
-             "summary_csv": folder / "summary.csv", "markdown": folder / "summary.md", "html": folder / "report.html"}
-    atomic_write(paths["json"], (json.dumps(results_dict(ev), indent=1, allow_nan=False) + "\n").encode())
-    _write_csv(paths["samples_csv"], sample_columns(ev.plans), [list(r.values()) for r in ev.per_sample()])
-    head, rows = summary_rows(ev)
-    _write_csv(paths["summary_csv"], head, rows)
-    figures = {"robust_accuracy": robust_accuracy_plot(ev, plots / "robust_accuracy.png"),
-               "norm_histograms": norm_histograms(ev, plots / "norm_histograms.png")}
-    ex = examples_plot(load_examples(ev), ev.attack_names[:4], plots / "examples.png", tuple(ev.config["bounds"]))
-    if ex is not None:
-        figures["examples"] = ex
-    else:
-        (plots / "examples.png").unlink(missing_ok=True)
-    atomic_write(paths["markdown"], markdown(ev, {k: f"plots/{p.name}" for k, p in figures.items()}).encode())
-    atomic_write(paths["html"], html_page(ev, figures).encode())
-    paths.update({f"plot_{k}": p for k, p in figures.items()})
+    """Write every report into ``folder``, all or nothing: the files are made in a private
+    staging folder inside it and moved into place only once all of them exist, never through a
+    symbolic link (see :class:`~.store.OutputFolder`), while the folder is locked."""
+    folder = Path(folder)
+    out = OutputFolder(folder)
+    names = {"json": "results.json", "samples_csv": "samples.csv", "summary_csv": "summary.csv",
+             "markdown": "summary.md", "html": "report.html"}
+    with out.lock(), out.staging() as stage:
+        (stage / "plots").mkdir()
+        (stage / names["json"]).write_text(json_text(results_dict(ev)))
+        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans), [list(r.values()) for r in ev.per_sample()])
+        head, rows = summary_rows(ev)
+        _write_csv(stage / names["summary_csv"], head, rows)
+        figures = {"robust_accuracy": robust_accuracy_plot(ev, stage / "plots" / "robust_accuracy.png"),
+                   "norm_histograms": norm_histograms(ev, stage / "plots" / "norm_histograms.png")}
+        ex = examples_plot(load_examples(ev), ev.attack_names[:4], stage / "plots" / "examples.png",
+                           tuple(ev.config["bounds"]))
+        if ex is not None:
+            figures["examples"] = ex
+        (stage / names["markdown"]).write_text(markdown(ev, {k: f"plots/{p.name}" for k, p in figures.items()}))
+        (stage / names["html"]).write_text(html_page(ev, figures))
+        out.commit(stage)
+        if ex is None:  # an examples figure of an earlier run would no longer match
+            out.remove(["plots/examples.png"])
+    paths = {k: folder / v for k, v in names.items()}
+    paths.update({f"plot_{k}": folder / "plots" / p.name for k, p in figures.items()})
     return paths
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row in rows:
             writer.writerow([_cell(v) for v in row])
-    tmp.replace(path)
 
 
 def _cell(v: Any) -> Any:

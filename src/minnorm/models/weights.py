@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .architectures import build_model
@@ -32,16 +31,12 @@ def _listing(keys: list[str], limit: int = 6) -> str:
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file or a ``torch.save`` file (``weights_only=True``).
     A training checkpoint (``{"model": state, ...}``) or ``{"state_dict": state}`` is unwrapped."""
+    from ..evaluation.store import read_tensor_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        state: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 (the unpickler refuses with several exception types)
-            raise ValueError(f"{path}: cannot load with weights_only=True ({err})") from None
+    state: Any = read_tensor_file(path, "weights file")
     for key in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -82,15 +77,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
                  metadata: Mapping[str, Any] | None = None) -> Path:
     """Write a model's state dict as safetensors (string metadata goes in the header too)."""
+    from safetensors.torch import save
+
+    from ..evaluation.store import atomic_write, json_text
+
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.chmod(tmp, 0o644)  # safetensors creates the file private; shipped weights must be readable
-    os.replace(tmp, path)
+    header = {k: v if isinstance(v, str) else json_text(v, indent=None) for k, v in (metadata or {}).items()}
+    atomic_write(path, save(tensors, metadata=header))
     return path
 
 
