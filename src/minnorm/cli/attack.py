@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from ..core import relative_perturbation
+from ..evaluation.store import write_json
 from . import _common as c
 
 CSV_COLUMNS = ["index", "label", "target", "clean_prediction", "adversarial_prediction", "success", "norm",
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.attack:
         raise ValueError("--attack NAME is required (see minnorm attack --list)")
+    c.check_out(args.out)  # before anything runs
     spec = c.get_attack(args.attack)
     params = c.parse_params(args.param)
     eps = params.get("eps", args.eps)
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = c.resolve_device(args.device)
     model = c.load_model(args.model, args.weights, device)
-    x, y = c.load_data(args.data)
+    x, y = c.load_data(args.data, model, device)
     if not args.correct_only:  # no need to classify the whole data set
         x, y = x[:args.n], y[:args.n]
     index = torch.arange(len(y))
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 "parameters": {**spec.defaults, **kwargs},
                 "summary": {**summary.stats(), **relative},
                 "success_within_eps": within}
-        (out / "summary.json").write_text(json.dumps(info, indent=2, default=repr) + "\n")
+        write_json(out / "summary.json", info)
         print(f"wrote {out}/adversarials.{args.format}, samples.csv, summary.json")
     return 0
 

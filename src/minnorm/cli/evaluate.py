@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import evaluation
     from ..evaluation.plan import parse_grid
 
+    c.check_out(args.out)  # before anything runs
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
     params = attack_params(args.param, names)
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None:
         x, y = x[:args.n], y[:args.n]
     model = load_model_checked(args, device)
+    x, y = c.fit_data(model, x, y, device, args.data)
     describe = {"model": {"name": args.model, "weights": args.weights},
                 "data": {"name": args.data, "first": args.n}}
     ev = evaluation.evaluate(model, (x, y), params, norm, batch_size=args.batch_size, seed=args.seed,

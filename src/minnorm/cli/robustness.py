@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
+from ..evaluation.store import write_json
 from . import _common as c
 
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     norm = parse_norm(args.norm)
     device = c.resolve_device(args.device)
     model = c.load_model(args.model, args.weights, device)
-    x, y = c.load_data(args.data)
+    x, y = c.load_data(args.data, model, device)
     x, y = x[:args.n].to(device), y[:args.n].to(device)
     report = robustness_measures(model, x, y, norm=norm, rate=args.rate, attack=args.attack, scores=args.scores,
                                  batch_size=args.batch_size, seed=args.seed)
@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         info = {"command": "robustness", "model": args.model, "weights": args.weights, "data": args.data, **s}
-        out.write_text(json.dumps(info, indent=2, default=repr) + "\n")
+        write_json(out, info)
         print(f"wrote {out}")
     return 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import shlex
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation.store import write_json
 from . import _common as c
 
 _DATASETS = {"fashion-mnist", "cifar10"}
@@ -157,6 +157,6 @@ def run(args: argparse.Namespace) -> int:
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         }
         save_weights(model, path, metadata={"architecture": args.model, "model_kwargs": kwargs})
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+        write_json(path.with_suffix(".json"), meta)
         print(f"exported {path} and {path.with_suffix('.json')}")
     return 0

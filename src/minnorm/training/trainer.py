@@ -8,6 +8,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..core import check_int, check_positive
 from ..data import batches
+from ..evaluation.store import atomic_write, write_json
 from .adversary import Adversary
 
 __all__ = ["CHECKPOINT_NAME", "accuracy", "learning_rate", "train"]
@@ -77,23 +79,14 @@ def _make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float)
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    # Write beside the target and rename: an interruption never leaves a half-written file.
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_logs(directory: Path, log: list[dict[str, Any]]) -> None:
-    _atomic_write(directory / "log.json", lambda p: p.write_text(json.dumps(log, indent=1)))
+    write_json(directory / "log.json", log)
     fields = list(dict.fromkeys(k for entry in log for k in entry))
-
-    def write_csv(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(log)
-    _atomic_write(directory / "log.csv", write_csv)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    w.writerows(log)
+    atomic_write(directory / "log.csv", text.getvalue())
 
 
 def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
@@ -199,7 +192,7 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
                          "scheduler": {"schedule": schedule, "step": (epoch + 1) * steps_per_epoch, "total": total_steps},
                          "epoch": epoch + 1, "data_rng": data_gen.get_state(), "attack_rng": attack_gen.get_state(),
                          "torch_rng": torch.get_rng_state(), "log": log, "config": config}
-                _atomic_write(ckpt_path, lambda p, state=state: torch.save(state, p))
+                atomic_write(ckpt_path, lambda f, state=state: torch.save(state, f))
                 _write_logs(ckpt_dir, log)
             if progress:
                 shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in entry.items() if v is not None}
