@@ -14,7 +14,7 @@ functions inside a custom ``forward`` are invisible to hooks and are not detecte
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,9 @@ class Region:
 
     patterns: list[torch.Tensor]
     n: int
+    # what the pattern fixes, built on first use by the frozen/linear evaluations: per layer and
+    # dtype the ReLU output multipliers and constraint signs, or the max-pool window masks
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def take(self, rows: torch.Tensor) -> "Region":
         return Region([p[rows] for p in self.patterns], int(rows.numel()))
@@ -95,18 +98,27 @@ class PiecewiseAffine:
         self._region: Region | None = None
         self._captured: list[torch.Tensor] = []
         self._constraints: list[torch.Tensor] = []
-        self._inputs: dict[int, torch.Tensor] = {}
+        self._buffer: torch.Tensor | None = None
+        self._column = 0
         self._handles: list = []
+        self._offsets = _offset_names(model)
+        self._zeros: dict = {}
 
     def __enter__(self) -> "PiecewiseAffine":
+        # The piecewise layers' forward is shadowed by an instance attribute while the view is open,
+        # so that a frozen evaluation does not also compute the real max-pool/ReLU it replaces.
         for i, m in enumerate(self.layers):
-            self._handles.append(m.register_forward_pre_hook(self._pre_hook(i)))
-            self._handles.append(m.register_forward_hook(self._hook(i)))
+            own = m.__dict__.get("forward")
+            self._handles.append((m, own))
+            m.forward = self._forward(i, m, own or type(m).forward.__get__(m))
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
+        for m, own in self._handles:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
         self._handles.clear()
 
     @contextmanager
@@ -115,14 +127,15 @@ class PiecewiseAffine:
         try:
             yield
         finally:
-            self._mode, self._region, self._inputs = "off", None, {}
+            self._mode, self._region = "off", None
 
     # ------------------------------------------------------------------ public evaluation
 
-    def capture(self, x: torch.Tensor) -> tuple[torch.Tensor, Region]:
-        """A plain forward pass that also records the activation pattern at ``x``."""
+    def capture(self, x: torch.Tensor, call=None) -> tuple[torch.Tensor, Region]:
+        """A plain forward pass that also records the activation pattern at ``x``; ``call`` (say a
+        CountedModel bound to the samples' indices) runs the model instead of calling it directly."""
         with self._as("capture"), torch.no_grad():
-            logits = self.model(x)
+            logits = (call or self.model)(x)
             region = Region(list(self._captured), x.shape[0])
         self._check_count(len(region.patterns))
         return logits, region
@@ -138,60 +151,140 @@ class PiecewiseAffine:
             return logits, cons
         return fn
 
+    def linear(self, region: Region):
+        """The linear part ``v -> (J_f v, [J_g1 v, ...])`` of :meth:`frozen`: the same evaluation with
+        every offset (biases, BatchNorm running means, ``Normalize`` means) set to zero, so a Jacobian-
+        vector product costs one plain forward pass without autograd (Sec. 4.2's ``A v``). With
+        ``out`` (``[n, c + m]``), the constraint values are written into its columns from ``c`` on
+        and come back as views of it (no concatenation)."""
+        def fn(v: torch.Tensor, out: torch.Tensor | None = None, column: int = 0):
+            key = (v.dtype, v.device)
+            if key not in self._zeros:
+                self._zeros[key] = [torch.zeros_like(getattr(m, a), dtype=v.dtype, device=v.device)
+                                    for m, a in self._offsets]
+            with self._as("frozen", region), _swapped(self._offsets, self._zeros[key]):
+                self._buffer, self._column = out, column
+                try:
+                    logits = self.model(v)
+                finally:
+                    self._buffer = None
+                cons = list(self._constraints)
+            self._check_count(len(cons))
+            return logits, cons
+        return fn
+
     def _check_count(self, n: int) -> None:
         if n != len(self.layers):
             raise RuntimeError(f"{n} of {len(self.layers)} piecewise layers ran in the forward pass; a layer used "
                                "twice or not at all cannot be frozen")
 
-    # ------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------ the piecewise layers
 
-    def _pre_hook(self, i: int):
-        def hook(module, args):
-            if self._mode != "off":
-                z = args[0]
-                # an in-place ReLU overwrites its input; keep the pre-activation
-                self._inputs[i] = z.clone() if getattr(module, "inplace", False) else z
-        return hook
-
-    def _hook(self, i: int):
-        def hook(module, args, output):
+    def _forward(self, i: int, module: nn.Module, original):
+        def forward(z: torch.Tensor) -> torch.Tensor:
             if self._mode == "off":
-                return None
-            z = self._inputs.pop(i)
+                return original(z)
             if self._mode == "capture":
                 if isinstance(module, nn.MaxPool2d):
-                    _, idx = F.max_pool2d(z, module.kernel_size, module.stride, module.padding, module.dilation,
-                                          return_indices=True)
+                    out, idx = F.max_pool2d(z, module.kernel_size, module.stride, module.padding, module.dilation,
+                                            return_indices=True)
                     self._captured.append(idx)
-                else:
-                    self._captured.append(z >= 0)  # sgn(0) = +1 (footnote 1)
-                return None
-            pattern = self._region.patterns[len(self._constraints)]
-            if isinstance(module, nn.MaxPool2d):
-                out, cons = _frozen_pool(module, z, pattern)
-            else:
+                    return out
+                self._captured.append(z >= 0)  # sgn(0) = +1 (footnote 1); before an in-place ReLU runs
+                return original(z)
+            return self._frozen_layer(module, z)
+        return forward
+
+    def _frozen_layer(self, module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """One piecewise layer with the region's pattern: its (affine) output, and its constraint
+        values appended to ``self._constraints``; what the pattern fixes is cached on the region."""
+        layer = len(self._constraints)
+        pattern, cache = self._region.patterns[layer], self._region.cache
+        key = (layer, z.dtype, z.shape[1:])
+        dst = None
+        if self._buffer is not None:
+            size = _constraint_count(module, z)
+            dst = self._buffer[:, self._column:self._column + size]
+            self._column += size
+        if isinstance(module, nn.MaxPool2d):
+            if key not in cache:
+                cache[key] = _pool_masks(module, z, pattern)
+            out, cons = _frozen_pool(z, pattern, *cache[key], dst)
+        else:
+            if key not in cache:
                 mask = pattern.to(z.dtype)
                 slope = module.negative_slope if isinstance(module, nn.LeakyReLU) else 0.0
-                out = z * (mask + (1 - mask) * slope)
-                cons = z * (2 * mask - 1)
-            self._constraints.append(cons.flatten(1))
-            return out
-        return hook
+                cache[key] = (mask + (1 - mask) * slope, 2 * mask - 1)
+            mult, sign = cache[key]
+            out = z * mult
+            cons = z * sign if dst is None else torch.mul(z, sign, out=dst.view(z.shape))
+        self._constraints.append(cons.flatten(1))
+        return out
 
 
-def _frozen_pool(module: nn.MaxPool2d, z: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-pool with the argmax frozen (a gather, affine), and eq. 8's ``z_max - z_i`` per window
-    member; padded positions and the argmax itself give exactly-zero rows."""
+def _pool_masks(module: nn.MaxPool2d, z: torch.Tensor, idx: torch.Tensor):
+    """What a frozen max-pool pattern fixes: the unfold geometry and a ``[b, c, k*k, windows]``
+    mask of the window members that are neither padding nor the argmax."""
     b, c, h, w = z.shape
-    out = z.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
     k, d, p, s = (_pair(getattr(module, a)) for a in ("kernel_size", "dilation", "padding", "stride"))
-    windows = F.unfold(z, k, d, p, s).view(b, c, k[0] * k[1], -1)
     pos = torch.arange(h * w, device=z.device, dtype=z.dtype).view(1, 1, h, w) + 1  # 0 marks padding
     where = F.unfold(pos, k, d, p, s).view(1, 1, k[0] * k[1], -1)
     chosen = idx.flatten(2)[:, :, None, :] + 1
     keep = (where > 0) & (where.long() != chosen)
-    cons = (out.flatten(2)[:, :, None, :] - windows) * keep.to(z.dtype)
-    return out, cons
+    return (k, d, p, s), keep.to(z.dtype)
+
+
+def _constraint_count(module: nn.Module, z: torch.Tensor) -> int:
+    """Constraint rows per sample of a piecewise layer with input ``z``."""
+    if not isinstance(module, nn.MaxPool2d):
+        return z[0].numel()
+    k, d, p, s = (_pair(getattr(module, a)) for a in ("kernel_size", "dilation", "padding", "stride"))
+    out = [(z.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+    return z.shape[1] * k[0] * k[1] * out[0] * out[1]
+
+
+def _frozen_pool(z: torch.Tensor, idx: torch.Tensor, geometry, keep: torch.Tensor,
+                 dst: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pool with the argmax frozen (a gather, affine), and eq. 8's ``z_max - z_i`` per window
+    member; padded positions and the argmax itself give exactly-zero rows. ``dst``: where to write
+    the constraint values (a view of a preallocated buffer)."""
+    b, c = z.shape[:2]
+    out = z.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+    windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
+    if dst is None:
+        return out, (out.flatten(2)[:, :, None, :] - windows) * keep
+    cons = torch.sub(out.flatten(2)[:, :, None, :], windows, out=dst.view(windows.shape))
+    return out, cons.mul_(keep)
+
+
+def _offset_names(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The parameters and buffers that make the affine layers affine rather than linear, as
+    ``(module, name)``: biases, BatchNorm running means, ``Normalize`` means."""
+    found = []
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d)):
+            found += [(m, "bias")] if m.bias is not None else []
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None:
+            found.append((m, "running_mean"))
+        if isinstance(m, Normalize):
+            found.append((m, "mean"))
+    return found
+
+
+@contextmanager
+def _swapped(slots: list[tuple[nn.Module, str]], values: list[torch.Tensor]):
+    """Temporarily put ``values`` in the modules' parameter/buffer slots (restored on exit); the
+    cheap equivalent of ``torch.func.functional_call`` for a handful of tensors."""
+    saved = []
+    try:
+        for (m, name), value in zip(slots, values):
+            table = m._parameters if name in m._parameters else m._buffers
+            saved.append((table, name, table[name]))
+            table[name] = value
+        yield
+    finally:
+        for table, name, value in reversed(saved):
+            table[name] = value
 
 
 def _pair(v) -> tuple[int, int]:
@@ -207,13 +300,13 @@ class RegionOperator:
     where ``F(z) = (C f(z), g_1(z), ..., g_L(z))`` collects, for the frozen affine network, the
     decision constraints ``C f >= 0`` (``C`` ``[n, r, K]``: one row ``e_l - e_c`` per QP for
     eq. 10, or ``e_s - e_r`` for every ``r`` for eq. 11) and the ReLU/max-pool constraints.
-    ``A^T mu`` is a reverse-mode VJP at ``y`` (Sec. 4.2). ``A v`` is a JVP: by default computed as
-    the VJP of the (linear) VJP map, reusing one recorded graph per region, which on CPU is far
-    cheaper than ``torch.func.jvp`` (see docs/linear-region.md); ``forward_mode=True`` uses true
-    forward-mode ``torch.func.jvp``. Either way the model is only ever evaluated at the
-    representatives themselves. ``owner`` maps rows to the attacked samples for pass counting on
-    ``counter`` (a :class:`~minnorm.core.CountedModel`): one forward pass per region, one backward
-    pass per product.
+    ``A^T mu`` is a reverse-mode VJP on one graph recorded at ``y`` per region (Sec. 4.2). ``A v``
+    is the frozen network's linear part (:meth:`PiecewiseAffine.linear`) evaluated on ``v``: one
+    plain forward pass without autograd, several times cheaper on CPU than the double backward used
+    before or ``torch.func.jvp`` (see docs/linear-region.md); ``forward_mode=True`` uses true
+    forward-mode ``torch.func.jvp`` instead (for tests). ``owner`` maps rows to the attacked
+    samples for pass counting on ``counter`` (a :class:`~minnorm.core.CountedModel`): one forward
+    pass per region, one backward pass per product.
     """
 
     def __init__(self, net: PiecewiseAffine, region: Region, y: torch.Tensor, x0: torch.Tensor,
@@ -221,41 +314,36 @@ class RegionOperator:
                  forward_mode: bool = False):
         self.net, self.region, self.y, self.x0, self.decision = net, region, y.detach(), x0, decision
         self.counter, self.owner, self.n, self.forward_mode = counter, owner, y.shape[0], forward_mode
-        frozen = net.frozen(region)
-
-        def fn(z: torch.Tensor) -> torch.Tensor:
-            logits, cons = frozen(z)
-            dec = torch.einsum("nrk,nk->nr", decision, logits)
-            self.sizes = [dec.shape[1]] + [c.shape[1] for c in cons]
-            return torch.cat([dec, *cons], 1)
-
-        self._fn = fn
+        frozen, self._linear = net.frozen(region), net.linear(region)
+        self._fn = lambda z: self._stack(*frozen(z))
         with torch.enable_grad():
             self._yy = self.y.clone().requires_grad_(True)
-            self._out = fn(self._yy)
-            self._u = torch.zeros_like(self._out, requires_grad=True)
-            (self._g,) = torch.autograd.grad(self._out, self._yy, self._u, create_graph=True)
+            self._out = self._fn(self._yy)
         self.value = self._out.detach()
         self._charge(None, forward=1)
 
+    def _stack(self, logits: torch.Tensor, cons: list[torch.Tensor]) -> torch.Tensor:
+        dec = torch.einsum("nrk,nk->nr", self.decision, logits)
+        self.sizes = [dec.shape[1]] + [c.shape[1] for c in cons]
+        return torch.cat([dec, *cons], 1)
+
     def _charge(self, rows: torch.Tensor | None, forward: int = 0, backward: int = 0) -> None:
+        """Passes go to the CountedModel's per-sample counters (``CountedModel.charge``)."""
         if self.counter is None or self.owner is None:
             return
-        own = self.owner if rows is None else self.owner[rows]
-        ones = torch.ones_like(own)
-        if forward:
-            self.counter.forward_passes.index_add_(0, own, ones * forward)
-        if backward:
-            self.counter.backward_passes.index_add_(0, own, ones * backward)
+        self.counter.charge(self.owner if rows is None else self.owner[rows], forward=forward, backward=backward)
 
     def jvp(self, v: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``J_F v`` at ``y``."""
         self._charge(rows, backward=1)
         if self.forward_mode:
             return torch.func.jvp(self._fn, (self.y,), (v,))[1].detach()
-        with torch.enable_grad():
-            (t,) = torch.autograd.grad(self._g, self._u, v, retain_graph=True)
-        return t
+        with torch.no_grad():
+            r = self.sizes[0]
+            out = torch.empty(v.shape[0], sum(self.sizes), dtype=v.dtype, device=v.device)
+            logits, _ = self._linear(v, out, r)
+            out[:, :r] = torch.einsum("nrk,nk->nr", self.decision, logits)
+            return out
 
     def offsets(self) -> torch.Tensor:
         """``b = F(x0)`` of the frozen network (one JVP)."""

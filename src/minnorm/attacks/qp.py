@@ -105,6 +105,7 @@ class QPSolution:
     dual: torch.Tensor
     pruned: torch.Tensor
     iterations: torch.Tensor
+    mu: torch.Tensor | None = None  # the last multipliers per row (for warm starts)
 
 
 def _power_norm(op: Operator, like: torch.Tensor, iterations: int, generator: torch.Generator) -> torch.Tensor:
@@ -121,65 +122,101 @@ def _power_norm(op: Operator, like: torch.Tensor, iterations: int, generator: to
 
 def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *, steps: int = 500,
              power_iterations: int = 20, bound: torch.Tensor | None = None, tol: float = 1e-6,
-             line_tol: float = 0.0, generator: torch.Generator | None = None) -> QPSolution:
+             line_tol: float = 0.0, generator: torch.Generator | None = None,
+             mu0: torch.Tensor | None = None) -> QPSolution:
     """Solve the batch of QPs (15) in the dual; then recover ``d`` (eq. 17) and search the ray.
 
     ``b`` ``[n, m]``; ``lower``/``upper`` ``[n, *shape]`` with ``lower <= 0 <= upper``. ``bound``
     ``[n]`` (optional) is an incumbent norm: a row stops once ``sqrt(2 q) >= bound``. A row also
     stops when its primal point violates no constraint by more than ``tol`` and the duality gap
     ``-<mu, A d - b>`` is below ``tol * 1/2 ||d||^2``. ``line_tol`` is the constraint tolerance of
-    the final :func:`ray_search`.
+    the final :func:`ray_search`. ``mu0`` (``[n, m]``, ``>= 0``) warm-starts the dual (zero by
+    default). The loop keeps only the rows still iterating, so a finished row costs nothing more.
     """
     n = b.shape[0]
-    dt, dev = b.dtype, b.device
+    dev = b.device
     gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(0)
     lip = _power_norm(op, lower, power_iterations, gen).mul(1.1).clamp_min(1e-12)
-    shape = lower.shape[1:]
-    view = (-1, *[1] * len(shape))
-    mu = torch.zeros_like(b)
-    mu_prev = torch.zeros_like(b)
-    best_q = torch.full((n,), -torch.inf, dtype=dt, device=dev)
-    best_d = torch.zeros_like(lower)
-    best_ad = torch.zeros_like(b)
-    k = torch.zeros(n, dtype=dt, device=dev)
-    last_q = torch.full((n,), -torch.inf, dtype=dt, device=dev)
-    iterations = torch.zeros(n, dtype=torch.long, device=dev)
-    pruned = torch.zeros(n, dtype=torch.bool, device=dev)
-    rows = torch.arange(n, device=dev)  # rows still iterating, into the full batch
+    out = _DualState.start(n, b, lower, mu0)
+    s = _DualState.start(n, b, lower, mu0)  # the active rows (all, to begin with)
+    s.lower, s.upper, s.lip, s.bound = lower, upper, lip[:, None], bound
     base, sel = op, torch.arange(n, device=dev)  # the operator in use and the rows' positions in it
     for _ in range(steps):
-        if rows.numel() == 0:
+        if s.rows.numel() == 0:
             break
-        m, mp = mu[rows], mu_prev[rows]
-        beta = (k[rows] / (k[rows] + 3))[:, None]
-        v = (m + beta * (m - mp)).clamp_min(0)  # projected extrapolation keeps q(v) a valid bound
-        d = torch.minimum(torch.maximum(-_apply(base, "rmatvec", v, sel), lower[rows]), upper[rows])
-        ad = _apply(base, "matvec", d, sel)
-        grad = ad - b[rows]
-        q = 0.5 * d.flatten(1).pow(2).sum(1) + (v * grad).sum(1)
-        better = q > best_q[rows]
-        best_q[rows] = torch.where(better, q, best_q[rows])
-        best_d[rows] = torch.where(better.view(view), d, best_d[rows])
-        best_ad[rows] = torch.where(better[:, None], ad, best_ad[rows])
-        # adaptive restart (O'Donoghue and Candes): drop the momentum when the dual decreases
-        k[rows] = torch.where(q < last_q[rows], torch.zeros_like(q), k[rows] + 1)
-        last_q[rows] = q
-        mu_prev[rows] = m
-        mu[rows] = (v + grad / lip[rows, None]).clamp_min(0)
-        iterations[rows] += 1
-        primal = 0.5 * d.flatten(1).pow(2).sum(1)
-        done = (grad.amax(1).clamp_min(0) <= tol) & (-(v * grad).sum(1) <= tol * primal.clamp_min(1e-12))
-        if bound is not None:
-            stop = 2 * best_q[rows] >= bound[rows].pow(2)
-            pruned[rows] |= stop & ~done
-            done |= stop
+        done = s.step(base, sel, tol)
         if bool(done.any()):
-            rows, sel = rows[~done], sel[~done]
+            out.store(s, done)
+            s = s.keep(~done)
+            sel = sel[~done]
             if 0 < sel.numel() <= 3 * base.n // 4:
                 # re-linearise on the rows left, so that finished rows stop costing compute too
                 base, sel = base.restrict(sel), torch.arange(sel.numel(), device=dev)
-    delta, feasible = ray_search(best_d, best_ad, b, lower, upper, line_tol)
-    return QPSolution(delta, feasible & ~pruned, best_q, pruned, iterations)
+    out.store(s, torch.ones_like(s.rows, dtype=torch.bool))
+    delta, feasible = ray_search(out.best_d, out.best_ad, b, lower, upper, line_tol)
+    return QPSolution(delta, feasible & ~out.pruned, out.best_q, out.pruned, out.iterations, out.mu)
+
+
+class _DualState:
+    """Accelerated projected dual ascent on a set of rows (Sec. 4.1): multipliers, momentum
+    counters and the best dual point so far, with the row data they need."""
+
+    @classmethod
+    def start(cls, n: int, b: torch.Tensor, lower: torch.Tensor, mu0: torch.Tensor | None) -> "_DualState":
+        s = cls()
+        dt, dev = b.dtype, b.device
+        s.rows = torch.arange(n, device=dev)
+        s.b = b
+        s.mu = torch.zeros_like(b) if mu0 is None else mu0.to(b).clamp_min(0)
+        s.mu_prev = s.mu.clone()
+        s.best_q = torch.full((n,), -torch.inf, dtype=dt, device=dev)
+        s.best_d = torch.zeros_like(lower)
+        s.best_ad = torch.zeros_like(b)
+        s.k = torch.zeros(n, dtype=dt, device=dev)
+        s.last_q = torch.full((n,), -torch.inf, dtype=dt, device=dev)
+        s.iterations = torch.zeros(n, dtype=torch.long, device=dev)
+        s.pruned = torch.zeros(n, dtype=torch.bool, device=dev)
+        return s
+
+    def step(self, base: Operator, sel: torch.Tensor, tol: float) -> torch.Tensor:
+        """One accelerated step with momentum ``k/(k+3)``, projected extrapolation (so that ``q(v)``
+        is a valid bound) and adaptive restart (O'Donoghue and Candes); returns the finished rows."""
+        m, mp = self.mu, self.mu_prev
+        beta = (self.k / (self.k + 3))[:, None]
+        v = (m + beta * (m - mp)).clamp_min(0)
+        d = torch.minimum(torch.maximum(-_apply(base, "rmatvec", v, sel), self.lower), self.upper)
+        ad = _apply(base, "matvec", d, sel)
+        grad = ad - self.b
+        primal = 0.5 * d.flatten(1).pow(2).sum(1)
+        vg = (v * grad).sum(1)
+        q = primal + vg
+        better = q > self.best_q
+        self.best_q = torch.where(better, q, self.best_q)
+        self.best_d = torch.where(better.view(-1, *[1] * (d.dim() - 1)), d, self.best_d)
+        self.best_ad = torch.where(better[:, None], ad, self.best_ad)
+        self.k = torch.where(q < self.last_q, torch.zeros_like(q), self.k + 1)
+        self.last_q = q
+        self.mu_prev = m
+        self.mu = (v + grad / self.lip).clamp_min(0)
+        self.iterations += 1
+        done = (grad.amax(1).clamp_min(0) <= tol) & (-vg <= tol * primal.clamp_min(1e-12))
+        if self.bound is not None:
+            stop = 2 * self.best_q >= self.bound.pow(2)
+            self.pruned |= stop & ~done
+            done |= stop
+        return done
+
+    def keep(self, mask: torch.Tensor) -> "_DualState":
+        s = _DualState()
+        for name, value in vars(self).items():
+            s.__dict__[name] = value if value is None else value[mask]
+        return s
+
+    def store(self, s: "_DualState", mask: torch.Tensor) -> None:
+        """Write the rows ``mask`` of the active state ``s`` into this full-size result."""
+        rows = s.rows[mask]
+        for name in ("best_q", "best_d", "best_ad", "iterations", "pruned", "mu"):
+            getattr(self, name)[rows] = getattr(s, name)[mask]
 
 
 def _apply(op: Operator, method: str, x: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
