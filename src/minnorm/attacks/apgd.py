@@ -43,7 +43,7 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     from the best-loss point. A round ends at its first adversarial point (its norm becomes the
     upper bound ``hi``) or after ``round_steps`` steps without one (``eps`` becomes the lower bound
     ``lo``). Next radius: ``max((lo + hi) / 2, shrink * hi)`` once an adversarial is known, else
-    ``growth * eps`` (the first radius is the distance to the linearised boundary). Every round
+    ``growth * eps`` (the first radius is 1.1 times the distance to the linearised boundary). Every round
     warm-starts from the best adversarial rescaled to the new radius, or, before the first one,
     from the last round's best-loss point. A sample stops when ``hi - lo <= tol * hi`` or after
     ``steps`` steps in all.
@@ -166,9 +166,9 @@ class _Search:
         logits, f, g = run.model.value_and_grad(x, self.make(idx, first), idx)
         adv = self.tracker.update(idx, x, logits)
         g = safe_grad(g, run.generator)
-        if bool(first.any()):  # the first radius: the distance to the linearised boundary, |m| / ||g||_q
-            q = dual_exponent(run.norm)
-            lin = f[first].abs() / lp_norm(g[first], q).clamp_min(torch.finfo(g.dtype).tiny)
+        if bool(first.any()):  # the first radius: 1.1 x the distance to the linearised boundary, |m| / ||g||_q
+            q = dual_exponent(run.norm)  # (not 1.0 x: on an affine piece that point is a float coin toss)
+            lin = 1.1 * f[first].abs() / lp_norm(g[first], q).clamp_min(torch.finfo(g.dtype).tiny)
             lin = lin.clamp_min(1e-6 * (run.bounds[1] - run.bounds[0]))
             self.eps[r[first]], self.eta[r[first]] = lin, 2 * lin
             f = torch.where(first, torch.full_like(f, -math.inf), f)  # a margin is not comparable to the loss

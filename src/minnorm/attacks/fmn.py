@@ -27,7 +27,7 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     difference, positive iff adversarial) and its gradient ``g`` at ``x + delta``; then
 
     - ``eps`` update (Alg. 1, lines 6-10): adversarial -> ``min(eps (1 - gamma_k), ||delta*||_p)``;
-      not adversarial and nothing found yet -> ``max(||delta||_p, eps) + |m| / ||g'||_q`` (the
+      not adversarial and nothing found yet -> ``max(||delta||_p, eps) + 1.01 |m| / ||g'||_q`` (the
       distance to the linearised boundary, q the dual exponent, ``g'`` the gradient without the
       coordinates the box blocks; Alg. 1 has ``||delta||_p + |m| / ||g||_q``, which stalls at a
       fixed point when clipping keeps ``||delta||_p`` below ``eps``); not adversarial after a success -> ``eps (1 +
@@ -83,7 +83,9 @@ def _search(run, tracker: BestTracker, index: torch.Tensor, steps: int, alphas: 
         best = tracker.norms[index]
         gamma, alpha = cosine(*gammas, k, steps), cosine(*alphas, k, steps)
         grad = safe_grad(grad, run.generator)
-        linear = torch.maximum(lp_norm(delta, p), eps) + margin.abs() / lp_norm(_free(grad, point, run.bounds), q).clamp_min(tiny)
+        # 1.01 x: exactly on an affine piece's boundary, the point is a float coin toss (batch vs one by one)
+        gap = 1.01 * margin.abs() / lp_norm(_free(grad, point, run.bounds), q).clamp_min(tiny)
+        linear = torch.maximum(lp_norm(delta, p), eps) + gap
         grown = torch.where(torch.isfinite(best), eps * (1 + gamma), linear)
         eps = torch.minimum(torch.where(adv, eps * (1 - gamma), grown), best)
         delta = delta + batch_view(alpha / lp_norm(grad, 2).clamp_min(tiny), grad) * grad
