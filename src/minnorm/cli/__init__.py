@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # argparse printed its usage line and message (or the help)
+        return int(done.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

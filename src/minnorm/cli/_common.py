@@ -8,19 +8,15 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import inspect
 import math
 import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from ..core import AttackResult, AttackSpec, get
+from ..core import AttackSpec, get
 
 TENSOR_SUFFIXES = (".pt", ".safetensors")
 
@@ -44,6 +40,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def radius(text: str) -> float:
+    """An argparse type for radii: a finite number >= 0, fractions such as 8/255 accepted."""
+    from ..core import check_radius
+
+    try:
+        return check_radius(text, "radius")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite radius >= 0 such as 0.5 or 8/255, got {text!r}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,111 +205,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: to
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-# --------------------------------------------------------------------------- running attacks
-
-def attack_kwargs(spec: AttackSpec, params: dict[str, Any], *, quick: bool = False,
-                  strict: bool = True) -> dict[str, Any]:
-    """Keyword arguments for ``spec``: its ``quick`` settings if asked, then ``params`` on top.
-
-    ``strict`` rejects a key the attack function does not take (a typo should not silently fall
-    back to a default); with ``strict=False`` such keys are dropped, which lets the demo carry
-    settings for attacks whose exact signature it cannot know in advance.
-    """
-    accepted = _parameters(spec)
-    kwargs = dict(spec.quick) if quick else {}
-    for key, value in params.items():
-        if accepted is None or key in accepted:
-            kwargs[key] = value
-        elif strict:
-            raise ValueError(f"attack {spec.name!r} takes no parameter {key!r}; "
-                             f"it takes: {', '.join(sorted(accepted)) or 'none'}")
-    return kwargs
-
-
-def _parameters(spec: AttackSpec) -> set[str] | None:
-    """Keyword parameters of the attack function, or None if it takes ``**kwargs``."""
-    sig = inspect.signature(spec.fn)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    fixed = {"model", "inputs", "labels", "generator"}
-    return {n for n, p in sig.parameters.items()
-            if n not in fixed and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def run_batches(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                kwargs: dict[str, Any], *, batch_size: int, device: torch.device, seed: int,
-                progress: bool = True) -> AttackResult:
-    """Run one attack over ``x`` in batches and join the results (on CPU).
-
-    One generator seeded with ``seed`` per attack, so the outcome does not depend on which
-    attacks ran before. The progress bar hides itself when stderr is not a terminal.
-    """
-    generator = torch.Generator(device=device).manual_seed(seed)
-    parts: list[AttackResult] = []
-    started = time.perf_counter()
-    starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc=spec.name, unit="batch", leave=False, disable=None if progress else True):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        parts.append(spec(model, xb, yb, generator=generator, **kwargs).to("cpu"))
-    seconds = time.perf_counter() - started
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long)
-        return AttackResult(x.clone(), empty.bool(), empty.to(x.dtype), empty, empty.clone(), seconds)
-    return AttackResult(
-        adversarials=torch.cat([p.adversarials for p in parts]),
-        success=torch.cat([p.success for p in parts]),
-        norms=torch.cat([p.norms for p in parts]),
-        forward_passes=torch.cat([p.forward_passes for p in parts]),
-        backward_passes=torch.cat([p.backward_passes for p in parts]),
-        seconds=seconds,
-    )
-
-
-def pick_targets(logits: torch.Tensor, labels: torch.Tensor, mode: str, seed: int) -> torch.Tensor:
-    """Target classes != the true label: uniformly at random, or the least likely clean class."""
-    k = logits.shape[1]
-    if mode == "least-likely":
-        masked = logits.clone()
-        masked[torch.arange(len(labels)), labels] = math.inf
-        return masked.argmin(dim=1)
-    if mode == "random":
-        # A uniform shift in 1..K-1 never lands on the label and is uniform over the others.
-        shift = torch.randint(1, k, labels.shape, generator=torch.Generator().manual_seed(seed))
-        return (labels + shift) % k
-    raise ValueError(f"--target-mode must be random or least-likely, got {mode!r}")
-
-
 # --------------------------------------------------------------------------- reporting
-
-@dataclass
-class Summary:
-    attack: str
-    norm: str
-    eps: float | None
-    result: AttackResult
-
-    def stats(self) -> dict[str, Any]:
-        """Numbers for reports: norms over successes only; passes and seconds per sample."""
-        r = self.result
-        n = max(len(r), 1)
-        ok = r.norms[r.success].double()
-        return {"attack": self.attack, "norm": self.norm, "eps": self.eps, "samples": len(r),
-                "success_rate": r.success_rate if len(r) else math.nan,
-                "median_norm": float(ok.median()) if len(ok) else math.nan,
-                "mean_norm": float(ok.mean()) if len(ok) else math.nan,
-                "passes_per_sample": float((r.forward_passes + r.backward_passes).double().sum()) / n,
-                "seconds_per_sample": r.seconds / n}
-
-    def row(self) -> list[str]:
-        s = self.stats()
-        return [s["attack"], s["norm"], "-" if s["eps"] is None else f"{s['eps']:g}",
-                "-" if math.isnan(s["success_rate"]) else f"{100 * s['success_rate']:.1f}%",
-                fmt(s["median_norm"]), fmt(s["mean_norm"]), f"{s['passes_per_sample']:.1f}",
-                f"{s['seconds_per_sample']:.4f}"]
-
-
-SUMMARY_HEADERS = ["attack", "norm", "eps", "success", "median norm", "mean norm", "passes/sample", "s/sample"]
-
 
 def fmt(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4g}"

@@ -61,6 +61,7 @@ def default_eps(norm: float) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from .. import attacks as registry
+    from .. import evaluation
 
     requested = parse_attacks(args.attacks)
     user_chosen = args.attacks != DEFAULT_ATTACKS
@@ -74,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
         spec = registry.get(name)
         if spec.minimal and eps is not None:
             raise ValueError(f"--attacks: {name} is a minimal-norm attack and takes no radius")
-        params = dict(DEMO_SETTINGS.get(name, {})) if not args.quick else {}
-        if not spec.minimal:
-            params["eps"] = eps if eps is not None else default_eps(spec.norm)
-        jobs.append((spec, params.get("eps"), c.attack_kwargs(spec, params, quick=args.quick, strict=False)))
+        accepted = spec.accepted_params()
+        params = {} if args.quick else {k: v for k, v in DEMO_SETTINGS.get(name, {}).items()
+                                        if accepted is None or k in accepted}
+        jobs.append((spec, None if spec.minimal else (eps if eps is not None else default_eps(spec.norm)), params))
 
     device = c.resolve_device(args.device)
     model = c.load_model(args.model, None, device)
-    x, y = c.load_data(args.data)
+    x, y = c.load_data(args.data, model, device)
     pred = c.predict(model, x, args.batch_size, device).argmax(dim=1)
     correct = pred == y
     keep = correct.nonzero().flatten()[:args.n]
@@ -91,10 +92,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"attacking the first {len(y)} correctly classified images on {device}\n")
 
     rows = []
-    for spec, eps, kwargs in jobs:
-        result = c.run_batches(spec, model, x, y, kwargs, batch_size=args.batch_size, device=device,
-                               seed=args.seed)
-        rows.append(c.Summary(spec.name, spec.norm_name, eps, result).row())
-    print(c.format_table(c.SUMMARY_HEADERS, rows))
-    print("\nnorms are over successful samples; passes = forward + backward model passes per sample.")
+    for spec, eps, params in jobs:
+        ev = evaluation.evaluate(model, (x, y), {spec.name: params}, spec.norm, batch_size=args.batch_size,
+                                 seed=args.seed, epsilons=None if eps is None else [eps], quick=args.quick,
+                                 grid=None if eps is None else [eps], device=device,
+                                 describe={"model": {"name": args.model}, "data": {"name": args.data}})
+        rows.append(_row(ev.row(spec.name), spec, eps))
+    print(c.format_table(HEADERS, rows))
+    print("\nnorms are over successful samples; passes = forward + backward model passes per sample; "
+          "every number comes from minnorm.evaluate (same as `minnorm evaluate --attacks NAME`).")
     return 0
+
+
+HEADERS = ["attack", "norm", "eps", "success", "median norm", "mean norm", "passes/sample", "s/sample"]
+
+
+def _row(r: dict, spec, eps: float | None) -> list[str]:
+    rate = r["success_rate"] if eps is None else r["success_at"][f"{eps:g}"]
+    return [spec.name, spec.norm_name, "-" if eps is None else f"{eps:g}",
+            "-" if math.isnan(rate) else f"{100 * rate:.1f}%", c.fmt(r["median_norm"]), c.fmt(r["mean_norm"]),
+            f"{r['passes_per_sample']:.1f}", f"{r['seconds_per_sample']:.4f}"]

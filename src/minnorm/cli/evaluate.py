@@ -33,12 +33,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default="sample",
                    help="sample, fashion-mnist, cifar10, a dataset path, or a .pt/.safetensors file with x and y "
                         "(default: sample)")
-    p.add_argument("--n", type=c.positive_int, help="evaluate the first N samples (default: all)")
+    p.add_argument("--n", "--samples", dest="n", type=c.positive_int,
+                   help="evaluate the first N samples (default: all); under torchrun write --samples N")
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
     p.add_argument("--eps-search", action="store_true",
                    help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
     p.add_argument("--search-steps", type=int, default=10, help="bisection steps of --eps-search (default: 10)")
-    p.add_argument("--search-max", type=float, help="upper end of the bisection (default: the box diameter)")
+    p.add_argument("--search-max", type=c.radius, help="upper end of the bisection (default: the box diameter)")
     p.add_argument("--grid", help="epsilon grid of the robust accuracy curves, increasing: 0,0.5,1 or 0:2:21 "
                                   "(default: 21 radii up to the largest best-of-all norm)")
     p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample and attack")

@@ -1,6 +1,7 @@
 """The attack registry: the only way the CLI and the evaluation find attacks."""
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -33,6 +34,56 @@ class AttackSpec:
     def norm_name(self) -> str:
         return "linf" if math.isinf(self.norm) else f"l{self.norm:g}"
 
+    def accepted_params(self) -> set[str] | None:
+        """Hyper-parameters a user may set (None: the function takes ``**kwargs``)."""
+        sig = inspect.signature(self.fn)
+        if any(q.kind is q.VAR_KEYWORD for q in sig.parameters.values()):
+            return None
+        return {n for n, q in sig.parameters.items()
+                if q.kind in (q.KEYWORD_ONLY, q.POSITIONAL_OR_KEYWORD) and n not in CONTRACT_ARGS
+                and n not in self.fixed_params}
+
+    @property
+    def fixed_params(self) -> set[str]:
+        """Defaults that make the entry what it is (its norm, its order): never overridden."""
+        return {k for k in self.defaults if k in IDENTITY_PARAMS}
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` if each is a hyper-parameter this entry lets a user set, else a ValueError
+        naming the right option: contract arguments have options of their own, and a parameter
+        the entry fixes (``norm``) would relabel the attack."""
+        accepted = self.accepted_params()
+        for key in params:
+            if key in CONTRACT_ARGS:
+                raise ValueError(f"{key!r} is not a hyper-parameter of {self.name}: {CONTRACT_ARGS[key]}")
+            if key in self.fixed_params:
+                others = [s.name for s in specs() if s.fn is self.fn and s.name != self.name]
+                hint = f"; use another entry: {', '.join(others)}" if others else ""
+                raise ValueError(f"{self.name} fixes {key}={self.defaults[key]!r} (it is what the name says){hint}")
+            if accepted is not None and key not in accepted:
+                raise ValueError(f"attack {self.name!r} takes no parameter {key!r}; it takes: "
+                                 f"{', '.join(sorted(accepted)) or 'none'}")
+        return dict(params)
+
+    def parameters(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every hyper-parameter the attack runs with: signature defaults, then the entry's
+        defaults, then ``params`` (what a run records)."""
+        sig = inspect.signature(self.fn)
+        out = {n: q.default for n, q in sig.parameters.items()
+               if q.default is not q.empty and n not in CONTRACT_ARGS}
+        return {**out, **self.defaults, **(params or {})}
+
+
+# Arguments of the attack contract, not hyper-parameters: what to use instead.
+CONTRACT_ARGS = {
+    "model": "the model is --model (Python: the first argument)",
+    "inputs": "the inputs are --data (Python: the second argument)",
+    "labels": "labels come with --data; for targets use --targeted (Python: targeted=True with target labels)",
+    "targeted": "ask for a targeted attack with --targeted (Python: targeted=True)",
+    "bounds": "the input box is a setting of the run (Python: bounds=(lower, upper))",
+    "generator": "randomness comes from --seed (Python: generator=torch.Generator().manual_seed(...))",
+}
+IDENTITY_PARAMS = ("norm", "order")
 
 _REGISTRY: dict[str, AttackSpec] = {}
 

@@ -3,13 +3,11 @@
 The attack is called through its registry entry and nothing else: evaluation reads only the
 returned :class:`~minnorm.core.AttackResult` (adversarials, success, norms, per-sample passes).
 
-Pass budget. Attacks count passes per sample with :class:`~minnorm.core.CountedModel` and
-report them in the result; the evaluation enforces a per-sample budget on those counts: an
-outcome is credited only if the sample's cumulative forward+backward passes, as counted by the
-attack, are within the budget. Attacks that stop a sample at its first adversarial (PGD, FGSM,
-DeepFool) are judged exactly; a minimal-norm attack that keeps refining a sample past the budget
-gets no credit for it (a conservative reading, since the result of a truncated run is unknown).
-The epsilon search and fixed-epsilon grids credit each call in order until the budget is spent.
+Pass budget: a hard cap per sample and attack, enforced inside the attack by
+:func:`minnorm.core.call_with_budget` (AttackBench's convention): a sample that spends its budget
+keeps the best adversarial it found within it, and is flagged over budget. An epsilon search or
+a grid of radii spends one budget over all its calls: each call gets what the sample has left,
+and a sample with fewer than two passes left (the clean and the final check) is not attacked again.
 """
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core import AttackResult, relative_perturbation
+from ..core import AttackResult, call_with_budget, relative_perturbation
 from .plan import AttackPlan
 
 INF = float("inf")
@@ -39,56 +37,69 @@ class Outcome:
 
 
 def run_plan(plan: AttackPlan, model, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator,
-             bounds: tuple[float, float], budget: int | None = None, search_steps: int = 10) -> Outcome:
+             bounds: tuple[float, float], budget: int | None = None, search_steps: int = 10,
+             targeted: bool = False) -> Outcome:
+    """Run ``plan`` on ``(x, y)`` (``y`` the targets when ``targeted``)."""
     started = time.perf_counter()
     if len(x) == 0:
         empty = torch.zeros(0, dtype=torch.float64)
         return Outcome(empty.bool(), empty, empty, empty.long(), empty.bool(), 0.0, x.detach().cpu(),
                        {e: empty.bool() for e in plan.epsilons})
-    call = _caller(plan, model, generator, bounds)
-    rows = torch.arange(len(x))
+    call = _caller(plan, model, generator, bounds, targeted)
+    state = _State(x, budget)
     if plan.mode == "minimal":
-        state = _State(x)
-        state.credit(rows, call(x, y), budget)
+        state.credit(torch.arange(len(x)), call, x, y)
     elif plan.mode == "fixed":
-        state = _State(x)
         for eps in plan.epsilons:  # increasing, so the budget is spent on the small radii first
-            state.credit(rows, call(x, y, eps=eps), budget, record=eps)
+            state.credit(torch.arange(len(x)), call, x, y, record=eps, eps=eps)
     else:
-        state = _search(plan, call, x, y, budget, search_steps)
+        _search(plan, call, x, y, state, search_steps)
     return state.outcome(x, plan, time.perf_counter() - started)
 
 
-def _caller(plan: AttackPlan, model, generator: torch.Generator, bounds: tuple[float, float]):
+def _caller(plan: AttackPlan, model, generator: torch.Generator, bounds: tuple[float, float], targeted: bool):
     extra = {} if tuple(bounds) == (0.0, 1.0) else {"bounds": tuple(bounds)}
+    if targeted:
+        extra["targeted"] = True
 
-    def call(x: torch.Tensor, y: torch.Tensor, **kwargs) -> AttackResult:
-        return plan.spec(model, x, y, generator=generator, **plan.params, **extra, **kwargs).to("cpu")
+    def call(x: torch.Tensor, y: torch.Tensor, budget: torch.Tensor | None, **kwargs) -> AttackResult:
+        return call_with_budget(plan.spec, model, x, y, budget=budget, generator=generator, **plan.params,
+                                **extra, **kwargs).to("cpu")
 
     return call
 
 
 class _State:
-    """Best adversarial credited so far per sample, and the passes spent."""
+    """Best adversarial found so far per sample, the passes spent and who hit the budget."""
 
-    def __init__(self, x: torch.Tensor):
+    def __init__(self, x: torch.Tensor, budget: int | None):
         n = len(x)
+        self.budget = budget
         self.norms = torch.full((n,), INF, dtype=torch.float64)
         self.passes = torch.zeros(n, dtype=torch.long)
         self.over = torch.zeros(n, dtype=torch.bool)
         self.adv = x.detach().cpu().clone()
         self.success_at: dict[float, torch.Tensor] = {}
 
-    def credit(self, rows: torch.Tensor, res: AttackResult, budget: int | None,
-               record: float | None = None) -> torch.Tensor:
-        """Add ``res`` (on samples ``rows``) to the tally; returns which rows it broke within budget."""
-        self.passes[rows] += (res.forward_passes + res.backward_passes).long()
-        within = torch.ones(len(rows), dtype=torch.bool) if budget is None else self.passes[rows] <= budget
-        self.over[rows] |= ~within
-        ok = res.success & within
-        better = ok & (res.norms.double() < self.norms[rows])
-        self.norms[rows[better]] = res.norms.double()[better]
-        self.adv[rows[better]] = res.adversarials[better].to(self.adv.dtype)
+    def credit(self, rows: torch.Tensor, call, x: torch.Tensor, y: torch.Tensor, record: float | None = None,
+               **kwargs) -> torch.Tensor:
+        """Attack the samples ``rows`` that have budget left; returns which rows it broke."""
+        ok = torch.zeros(len(rows), dtype=torch.bool)
+        left = None if self.budget is None else self.budget - self.passes[rows]
+        go = torch.ones(len(rows), dtype=torch.bool) if left is None else left >= 2
+        self.over[rows[~go]] = True
+        sub = rows[go]
+        if len(sub):
+            kwargs = {k: (v[go].to(x.device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+            dev = sub.to(x.device)
+            res = call(x[dev], y[dev], None if left is None else left[go].to(x.device), **kwargs)
+            self.passes[sub] += res.passes.long()
+            if res.over_budget is not None:
+                self.over[sub] |= res.over_budget
+            better = res.success & (res.norms.double() < self.norms[sub])
+            self.norms[sub[better]] = res.norms.double()[better]
+            self.adv[sub[better]] = res.adversarials[better].to(self.adv.dtype)
+            ok[go] = res.success
         if record is not None:
             hit = torch.zeros(len(self.norms), dtype=torch.bool)
             hit[rows] = ok
@@ -102,8 +113,7 @@ class _State:
         return Outcome(success, self.norms, rel, self.passes, self.over, seconds, self.adv, self.success_at)
 
 
-def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, budget: int | None,
-            steps: int) -> _State:
+def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, state: _State, steps: int) -> None:
     """Per-sample bisection over the radius of a fixed-epsilon attack.
 
     Every sample starts with the bracket ``[0, search_max]``; a sample the attack cannot break at
@@ -113,10 +123,8 @@ def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, budget: in
     below the radius it was found at.
     """
     n = len(x)
-    top = torch.full((n,), float(plan.search_max), dtype=x.dtype, device=x.device)
-    state = _State(x)
-    rows = torch.arange(n)
-    found = state.credit(rows, call(x, y, eps=top), budget)
+    top = torch.full((n,), float(plan.search_max), dtype=x.dtype)
+    found = state.credit(torch.arange(n), call, x, y, eps=top)
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.full((n,), float(plan.search_max), dtype=torch.float64)
     active = found.clone()
@@ -126,8 +134,6 @@ def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, budget: in
         if len(idx) == 0:
             break
         mid = (lo[idx] + hi[idx]) / 2
-        ok = state.credit(idx, call(x[idx.to(x.device)], y[idx.to(y.device)],
-                                    eps=mid.to(dtype=x.dtype, device=x.device)), budget)
+        ok = state.credit(idx, call, x, y, eps=mid.to(dtype=x.dtype))
         hi[idx[ok]] = mid[ok]
         lo[idx[~ok]] = mid[~ok]
-    return state

@@ -2,8 +2,9 @@
 
 A sample broken by an adversarial of norm r is not robust at any radius eps >= r, so a single run
 of a minimal-norm attack answers every epsilon (Foolbox's convention); robust accuracy counts the
-correctly classified samples no attack broke within eps, over all samples. The best-of-all
-("All") norm of a sample is the smallest norm any attack found.
+correctly classified samples no attack broke within eps, over all samples. "Within eps" follows
+the one tolerance rule of :mod:`minnorm.core.radius`. The best-of-all ("All") norm of a sample is
+the smallest norm any attack found.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..core.radius import broken_within
 
 ALL = "All"
 
@@ -20,13 +23,7 @@ def robust_accuracy(norms: np.ndarray, correct: np.ndarray, grid: Sequence[float
     n = len(correct)
     if n == 0:
         return [math.nan] * len(grid)
-    broken = np.zeros(n, dtype=bool)
-    out = []
-    for eps in grid:
-        with np.errstate(invalid="ignore"):
-            broken = correct & (norms <= eps)
-        out.append(float((correct & ~broken).sum()) / n)
-    return out
+    return [float((correct & ~broken_within(norms, eps)).sum()) / n for eps in grid]
 
 
 def area_gap(curve: Sequence[float], best: Sequence[float], grid: Sequence[float]) -> float:
@@ -97,15 +94,19 @@ def sanity_checks(table: dict[str, np.ndarray], plans: list[dict[str, Any]], sum
     rows = {r["attack"]: r for r in summary}
     unbounded = [p["name"] for p in plans if p["mode"] in ("minimal", "search")]
     if unbounded and correct.any():
-        left = int((correct & ~np.isfinite(table["best_norm"])).sum())
-        if left:
-            budget = int(table["best_over_budget"][correct].sum())
-            why = f" ({budget} of them ran out of the pass budget)" if budget else ""
+        unbroken = correct & ~np.isfinite(table["best_norm"])
+        left = int(unbroken.sum())
+        starved = int((unbroken & table["best_over_budget"]).sum())
+        if starved:
+            warnings.append({"check": "budget", "message":
+                             f"{starved} correctly classified sample(s) were never broken and ran out of the pass "
+                             "budget: the budget, not the model, may be why; raise --budget to tell."})
+        if left > starved:
             warnings.append({"check": "unbounded-success", "message":
                              f"best-of-all success is {100 * rows[ALL]['success_rate']:.1f}%, below 100% at "
-                             f"unbounded norm: {left} correctly classified sample(s) were never broken{why}. "
-                             "An unbounded attack should break every sample; suspect gradient masking or "
-                             "too few iterations."})
+                             f"unbounded norm: {left - starved} correctly classified sample(s) were never broken "
+                             "within their budget. An unbounded attack should break every sample; suspect "
+                             "gradient masking or too few iterations."})
     for p in plans:
         if p["mode"] != "fixed" or len(p["epsilons"]) < 2:
             continue

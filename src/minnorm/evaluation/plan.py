@@ -7,7 +7,6 @@ per-sample bisection over its epsilon (mode ``search``).
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,7 +28,7 @@ class AttackPlan:
     def describe(self) -> dict[str, Any]:
         """The settings recorded with the results (and compared on resume)."""
         return {"name": self.name, "mode": self.mode, "norm": self.spec.norm_name, "paper": self.spec.paper,
-                "params": {**self.spec.defaults, **self.params}, "epsilons": self.epsilons,
+                "params": self.spec.parameters(self.params), "epsilons": self.epsilons,
                 "search_max": self.search_max}
 
 
@@ -80,7 +79,7 @@ def box_diameter(norm: float, numel: int, bounds: tuple[float, float]) -> float:
 
 def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], norm: float | str, *,
                epsilons: Sequence[float] | None = None, eps_search: bool = False,
-               search_max: float | None = None, quick: bool = False) -> list[AttackPlan]:
+               search_max: float | None = None, quick: bool = False, targeted: bool = False) -> list[AttackPlan]:
     """Attack plans from names (``"ddn,fgsm"``, ``["ddn", ("pgd-l2", {"steps": 20})]`` or
     ``{"ddn": {"steps": 50}}``), checked against the registry and the evaluation's norm."""
     from .. import attacks as registry  # importing the package registers every attack
@@ -113,6 +112,9 @@ def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], n
             same = [s.name for s in registry.specs() if s.norm == p]
             raise ValueError(f"attack {name!r} works in the {spec.norm_name} norm but the evaluation is in "
                              f"{norm_name(p)}; attacks in this norm: {', '.join(same)}")
+        if targeted and not spec.targeted:
+            raise ValueError(f"{name} is untargeted only; targeted attacks: "
+                             f"{', '.join(s.name for s in registry.specs() if s.targeted and s.norm == p)}")
         params = _check_params(spec, {**(spec.quick if quick else {}), **params})
         if spec.minimal:
             if "eps" in params and not quick:
@@ -135,13 +137,4 @@ def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], n
 
 
 def _check_params(spec: AttackSpec, params: dict[str, Any]) -> dict[str, Any]:
-    sig = inspect.signature(spec.fn)
-    if any(q.kind is q.VAR_KEYWORD for q in sig.parameters.values()):
-        return dict(params)
-    reserved = {"model", "inputs", "labels", "generator", "targeted"}
-    accepted = {n for n in sig.parameters if n not in reserved}
-    for key in params:
-        if key not in accepted:
-            raise ValueError(f"attack {spec.name!r} takes no parameter {key!r}; it takes: "
-                             f"{', '.join(sorted(accepted)) or 'none'}")
-    return dict(params)
+    return spec.check_params(params)

@@ -54,7 +54,7 @@ def write_reports(ev, folder: Path) -> dict[str, Path]:
     with out.lock(), out.staging() as stage:
         (stage / "plots").mkdir()
         (stage / names["json"]).write_text(json_text(results_dict(ev)))
-        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans), [list(r.values()) for r in ev.per_sample()])
+        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans, "target" in ev.table), [list(r.values()) for r in ev.per_sample()])
         head, rows = summary_rows(ev)
         _write_csv(stage / names["summary_csv"], head, rows)
         figures = {"robust_accuracy": robust_accuracy_plot(ev, stage / "plots" / "robust_accuracy.png"),
@@ -112,13 +112,13 @@ def table_cells(ev) -> tuple[list[str], list[list[str]]]:
     """The summary table as text cells, shared by the Markdown, the HTML and the console."""
     pts = _eps_points(ev.grid)
     head = ["attack", "mode", "success", "mean norm", "median norm", "rel. mean", "rel. worst", "area gap",
-            "passes/sample", "s/sample"] + [f"RA@{ev.grid[i]:.3g}" for i in pts]
+            "passes/sample", "over budget", "s/sample"] + [f"RA@{ev.grid[i]:.3g}" for i in pts]
     rows = []
     for r in ev.summary:
         rows.append([r["attack"], r["mode"], _f(r["success_rate"], True), _f(r["mean_norm"]), _f(r["median_norm"]),
                      _f(r["relative_mean"]), _f(r["relative_worst"]), _f(r["area_gap"], True),
                      f"{r['passes_per_sample']:.1f}" if math.isfinite(r["passes_per_sample"]) else "-",
-                     _f(r["seconds_per_sample"])] + [_f(r["robust_accuracy"][i], True) for i in pts])
+                     str(r["over_budget"]), _f(r["seconds_per_sample"])] + [_f(r["robust_accuracy"][i], True) for i in pts])
     return head, rows
 
 

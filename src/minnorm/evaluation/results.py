@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import ALL, default_grid, sanity_checks, summarize
+from .metrics import ALL, default_grid, robust_accuracy, sanity_checks, summarize
 from .plan import check_grid
 
 
@@ -41,6 +41,8 @@ def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> d
     table: dict[str, np.ndarray] = {"index": cat("index"), "label": cat("label"), "clean_pred": cat("clean_pred")}
     correct = table["label"] == table["clean_pred"]
     table["correct"] = correct
+    if records and all("target" in r for r in records):
+        table["target"] = cat("target")
     n = len(correct)
     for p in plans:
         a = p["name"]
@@ -50,7 +52,8 @@ def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> d
         start = 0
         for r in records:
             size = len(r["index"])
-            rows = start + np.flatnonzero(np.asarray(r["label"]) == np.asarray(r["clean_pred"]))
+            attacked = r["attacked"] if "attacked" in r else np.asarray(r["label"]) == np.asarray(r["clean_pred"])
+            rows = start + np.flatnonzero(np.asarray(attacked, dtype=bool))
             start += size
             if len(rows) == 0:
                 continue
@@ -90,9 +93,9 @@ def _best_of_all(table: dict[str, np.ndarray], names: list[str], correct: np.nda
         table["best_over_budget"] |= table[f"{a}.over_budget"]
 
 
-def sample_columns(plans: list[dict[str, Any]]) -> list[str]:
+def sample_columns(plans: list[dict[str, Any]], targeted: bool = False) -> list[str]:
     """Columns of the per-sample table, in report order."""
-    cols = ["index", "label", "clean_pred", "correct"]
+    cols = ["index", "label", "clean_pred", "correct"] + (["target"] if targeted else [])
     for p in plans:
         a = p["name"]
         cols += [f"{a}.norm", f"{a}.success", f"{a}.relative", f"{a}.passes", f"{a}.over_budget", f"{a}.seconds"]
@@ -109,6 +112,7 @@ class Evaluation:
     table: dict[str, np.ndarray]
     folder: Path | None = None
     grid: list[float] = field(default_factory=list)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # with keep_tensors: index, inputs, adv/NAME
 
     def __post_init__(self):
         self.grid = check_grid(self.config.get("grid")) or default_grid(self.table)
@@ -132,12 +136,24 @@ class Evaluation:
     def clean_accuracy(self) -> float:
         return float(self.table["correct"].mean()) if self.samples else math.nan
 
+    def robust_accuracy(self, eps: float, attack: str | None = None) -> float:
+        """Robust accuracy at ``eps`` over all samples: correctly classified and not broken within
+        ``eps`` (tolerance rule of :mod:`minnorm.core.radius`) by ``attack``, or by any attack when
+        None (the best of all). An upper bound on the true robust accuracy."""
+        from ..core.radius import check_radius
+
+        eps = check_radius(eps)
+        if attack is not None and attack not in self.attack_names:
+            raise ValueError(f"no attack {attack!r} in this evaluation; it ran {', '.join(self.attack_names)}")
+        norms = self.table["best_norm" if attack in (None, ALL) else f"{attack}.norm"]
+        return robust_accuracy(norms, self.table["correct"], [eps])[0]
+
     def row(self, attack: str = ALL) -> dict[str, Any]:
         return next(r for r in self.summary if r["attack"] == attack)
 
     def per_sample(self) -> list[dict[str, Any]]:
         """The per-sample table as rows (plain Python values; inf/nan as floats)."""
-        cols = sample_columns(self.plans)
+        cols = sample_columns(self.plans, "target" in self.table)
         return [{c: _plain(self.table[c][i]) for c in cols} for i in range(self.samples)]
 
     def save(self, folder: str | Path | None = None) -> Path:

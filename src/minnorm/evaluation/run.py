@@ -11,18 +11,22 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from ..core import parse_norm
+from ..core import check_label_range, check_logits, parse_norm
 from . import distributed as dist_util
 from .execute import run_plan
 from .plan import box_diameter, check_grid, make_plans
 from .results import Evaluation, batch_record, build_table
 from .store import RunStore, environment, jsonable, model_fingerprint, tensor_fingerprint
+
+
+TARGET_MODES = ("random", "least-likely")
 
 
 def batch_seed(seed: int, batch: int, attack: str) -> int:
@@ -37,7 +41,8 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
              bounds: tuple[float, float] = (0.0, 1.0), out: str | os.PathLike | None = None,
              overwrite: bool = False, device: torch.device | str | None = None, progress: bool = True,
              save_adversarials: bool = True, examples: int = 6, sanity_margin: float = 0.1,
-             quick: bool = False, describe: dict[str, Any] | None = None) -> Evaluation:
+             quick: bool = False, describe: dict[str, Any] | None = None,
+             targets: str | torch.Tensor | None = None, keep_tensors: bool = False) -> Evaluation:
     """Run registered ``attacks`` on the correctly classified samples of ``data``.
 
     ``data`` is a pair ``(inputs, labels)`` of tensors (or a dataset of such pairs). ``attacks``:
@@ -49,6 +54,13 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     largest best-of-all norm). With ``out`` every batch is saved as it finishes, an unfinished
     run in ``out`` is resumed, and the reports are written there at the end; a finished run is
     kept unless ``overwrite``. Under ``torchrun`` the batches are shared among the ranks.
+
+    ``targets`` makes the evaluation targeted: a tensor ``[N]`` of target classes, or
+    ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per sample from the
+    seed, or the lowest clean logit); samples whose target is their label are not attacked.
+    ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
+    Everything is validated (settings, labels against the model's classes, every attack's
+    hyper-parameters) before any file is written.
     """
     x, y = _as_tensors(data)
     p = parse_norm(norm)
@@ -72,11 +84,14 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
         raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
                          f"{float(x.max()):g}]; rescale the data or pass bounds=")
-    plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick)
+    plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick,
+                       targeted=targets is not None)
     for plan in plans:
         if plan.mode == "search" and plan.search_max is None:
             plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, (lo, hi))
     device = torch.device(device) if device is not None else _model_device(model)
+    targets = _check_targets(targets, y)
+    _preflight(model, x, y, targets, plans, (lo, hi), device)
 
     config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
                         "fingerprint": model_fingerprint(model)},
@@ -84,18 +99,21 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
                        "fingerprint": tensor_fingerprint(x, y)},
               "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
               "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
-              "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin}
+              "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
+              "targets": _describe_targets(targets)}
     config = jsonable(config)  # what is saved is what a resume compares against
 
     group = dist_util.setup(device)
     try:
         return _run(model, x, y, plans, config, group, out=out, overwrite=overwrite, device=device,
-                    progress=progress, save_adversarials=save_adversarials)
+                    progress=progress, save_adversarials=save_adversarials, targets=targets,
+                    keep_tensors=keep_tensors)
     finally:
         group.close()
 
 
-def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress, save_adversarials) -> Evaluation:
+def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress, save_adversarials, targets,
+         keep_tensors) -> Evaluation:
     store = RunStore(out) if out is not None else None
     done: set[int] = set()
     if store is not None:
@@ -112,15 +130,19 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
     bs = config["batch_size"]
     n_batches = math.ceil(len(x) / bs)
     mine = [b for b in range(n_batches) if b % group.world == group.rank and b not in done]
-    records = []
+    records, kept = [], []
+    if done and group.rank == 0 and progress:
+        print(f"resuming: {len(done)} of {n_batches} batches done", file=sys.stderr)
     bar = tqdm(mine, desc="evaluate", unit="batch", disable=(not progress or group.rank != 0) or None,
                dynamic_ncols=True)
     for b in bar:
-        record, tensors = _one_batch(model, x, y, b, bs, plans, config, device)
+        record, tensors = _one_batch(model, x, y, b, bs, plans, config, device, targets)
         record["rank"] = group.rank  # bookkeeping only: results never depend on it
         if store is not None:
             store.save_batch(b, record, tensors if save_adversarials else None)
         records.append(record)
+        if keep_tensors:
+            kept.append(tensors)
     bar.close()
     records = group.gather(records)
     environments = [environment()]
@@ -133,6 +155,8 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
     records, environments = group.broadcast((records, environments))
     evaluation = Evaluation(config, environments, build_table(records, config["attacks"]),
                             Path(out) if out is not None else None)
+    if keep_tensors:
+        evaluation.tensors = {k: torch.cat([t[k] for t in kept]) for k in kept[0]} if kept else {}
     if store is not None and group.rank == 0:
         evaluation.save(store.folder)
         store.finish()
@@ -140,25 +164,80 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
     return evaluation
 
 
-def _one_batch(model, x, y, b, bs, plans, config, device):
+def _one_batch(model, x, y, b, bs, plans, config, device, targets):
     xb = x[b * bs:(b + 1) * bs].to(device)
     yb = y[b * bs:(b + 1) * bs].to(device)
     with torch.no_grad():
-        pred = model(xb).argmax(dim=1) if len(xb) else yb.clone()
+        logits = model(xb) if len(xb) else None
+    pred = logits.argmax(dim=1) if len(xb) else yb.clone()
     correct = pred == yb
-    xa, ya = xb[correct], yb[correct]
+    tb = None
+    if targets is not None:
+        tb = _batch_targets(targets, logits, yb, b, bs, config["seed"])
+        correct &= tb != yb
+    xa, ya = xb[correct], (yb if tb is None else tb)[correct]
     outcomes = {}
     for plan in plans:
         gen = torch.Generator(device=device).manual_seed(batch_seed(config["seed"], b, plan.name))
         outcomes[plan.name] = run_plan(plan, model, xa, ya, generator=gen, bounds=tuple(config["bounds"]),
-                                       budget=config["budget"], search_steps=config["search_steps"])
+                                       budget=config["budget"], search_steps=config["search_steps"],
+                                       targeted=tb is not None)
     index = torch.arange(b * bs, b * bs + len(xb))
     record = batch_record(b, index, yb.cpu(), pred.cpu(), outcomes)
+    if tb is not None:
+        record["target"] = tb.cpu().tolist()
+        record["attacked"] = correct.cpu().tolist()
     tensors = {"index": index[correct.cpu()], "inputs": xa.cpu()}
     tensors.update({f"adv/{name}": o.adversarials for name, o in outcomes.items()})
     return record, tensors
 
 
+def _check_targets(targets, y: torch.Tensor):
+    if targets is None or isinstance(targets, str) and targets in TARGET_MODES:
+        return targets
+    if isinstance(targets, str):
+        raise ValueError(f"targets must be one of {', '.join(TARGET_MODES)} or a tensor of classes, got {targets!r}")
+    if not isinstance(targets, torch.Tensor) or targets.shape != y.shape or targets.is_floating_point():
+        raise ValueError(f"targets must be an integer tensor shaped like the labels {tuple(y.shape)}")
+    return targets.long().cpu()
+
+
+def _describe_targets(targets) -> str | None:
+    if targets is None or isinstance(targets, str):
+        return targets
+    return "given:" + tensor_fingerprint(targets)
+
+
+def _batch_targets(targets, logits, yb, b, bs, seed) -> torch.Tensor:
+    """Targets of batch ``b``: given, least likely clean class, or a seeded random other class."""
+    if isinstance(targets, torch.Tensor):
+        return targets[b * bs:b * bs + len(yb)].to(yb.device)
+    if targets == "least-likely":
+        masked = logits.clone()
+        masked[torch.arange(len(yb)), yb] = math.inf
+        return masked.argmin(dim=1)
+    # A uniform shift in 1..K-1 never lands on the label and is uniform over the others.
+    gen = torch.Generator().manual_seed(batch_seed(seed, b, "targets"))
+    return (yb + torch.randint(1, logits.shape[1], yb.shape, generator=gen).to(yb.device)) % logits.shape[1]
+
+
+def _preflight(model, x, y, targets, plans, bounds, device) -> None:
+    """Every check that needs the model, before any file is written: the model's output on one
+    sample, labels (and targets) against its classes, each attack's hyper-parameters (by a call
+    on an empty batch, which validates them and runs nothing)."""
+    with torch.no_grad():
+        logits = model(x[:1].to(device))
+    k = check_logits(logits, 1)
+    check_label_range(y, k)
+    if isinstance(targets, torch.Tensor):
+        check_label_range(targets, k)
+    for plan in plans:
+        extra = {} if plan.mode == "minimal" else {"eps": plan.epsilons[0] if plan.epsilons else plan.search_max}
+        try:
+            plan.spec(model, x[:0].to(device), y[:0].to(device), bounds=bounds, targeted=targets is not None,
+                      **plan.params, **extra)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{plan.name}: {err}") from None
 def _model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
