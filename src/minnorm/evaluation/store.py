@@ -412,6 +412,13 @@ class OutputFolder:
         """Move every file written in ``stage`` to the same relative place in this folder."""
         rels = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
         digests = {rel: sha256((stage / rel).read_bytes()) for rel in rels}
+        for rel in rels:  # every destination is checked before any file moves
+            parts, name = _split(rel)
+            fd = self._open_dir(parts, create=True)
+            try:
+                _refuse_link(fd, name, str(self.path / rel))
+            finally:
+                os.close(fd)
         for rel in rels:
             parts, name = _split(rel)
             fd = self._open_dir(parts, create=True)
@@ -710,7 +717,7 @@ class RunStore:
                              ". Rerun with the saved settings, or pass --overwrite to start afresh")
         for err in damaged:
             warnings.warn(f"{err.path} is damaged ({err.why}); recomputing that batch", stacklevel=2)
-            self.out.clear_own_files([_batch_name(int(_BATCH_NAME.fullmatch(err.path.name).group(1)), s)
+            self.out.remove([_batch_name(int(_BATCH_NAME.fullmatch(err.path.name).group(1)), s)
                                       for s in ("json", "pt")])
         old.update(config=config, status="running")  # report-only settings may change
         old.setdefault("environments", []).append(environment())
