@@ -26,7 +26,7 @@ def test_two_ranks_equal_one_process(tmp_path, monkeypatch):
     # random starts (pgd) and an epsilon search make the result depend on every generator
     args = ["evaluate", "--model", "helpers:tiny_mlp", "--data", str(tmp_path / "data.pt"), "--attacks",
             "ddn,pgd-l2", "--quick", "--eps-search", "--search-steps", "3", "--batch-size", "2", "--seed", "7",
-            "--device", "cpu", "--no-adversarials"]
+            "--device", "cpu", "--no-adversarials", "--samples", "9"]  # --samples: --n is ambiguous to torchrun
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -17,6 +17,9 @@ def common_grid(a: Evaluation, b: Evaluation, points: int = 21) -> list[float]:
 
 def load_pair(first: str | Path, second: str | Path, grid: list[float] | None = None) -> tuple[Evaluation, Evaluation]:
     a, b = Evaluation.load(first), Evaluation.load(second)
+    if a.config.get("norm") != b.config.get("norm"):
+        raise ValueError(f"{first} is in the {a.config.get('norm')} norm and {second} in {b.config.get('norm')}: "
+                         "radii of different norms do not share an axis; compare runs of one norm")
     grid = grid or common_grid(a, b)
     return Evaluation.load(first, grid), Evaluation.load(second, grid)
 
