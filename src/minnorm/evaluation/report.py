@@ -54,7 +54,8 @@ def write_reports(ev, folder: Path) -> dict[str, Path]:
     with out.lock(), out.staging() as stage:
         (stage / "plots").mkdir()
         (stage / names["json"]).write_text(json_text(results_dict(ev)))
-        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans, "target" in ev.table), [list(r.values()) for r in ev.per_sample()])
+        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans, "target" in ev.table),
+                   [list(r.values()) for r in ev.per_sample()])
         head, rows = summary_rows(ev)
         _write_csv(stage / names["summary_csv"], head, rows)
         figures = {"robust_accuracy": robust_accuracy_plot(ev, stage / "plots" / "robust_accuracy.png"),

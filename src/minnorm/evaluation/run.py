@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core import check_label_range, check_logits, parse_norm
+from ..core import check_eval_mode, check_label_range, check_logits, parse_norm
 from . import distributed as dist_util
 from .execute import run_plan
 from .plan import box_diameter, check_grid, make_plans
@@ -64,19 +64,8 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     """
     x, y = _as_tensors(data)
     p = parse_norm(norm)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
-    if not isinstance(search_steps, int) or search_steps < 0:
-        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
-        raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
-    if not sanity_margin >= 0:
-        raise ValueError(f"sanity_margin must be >= 0, got {sanity_margin!r}")
-    if isinstance(model, torch.nn.Module) and model.training:
-        raise ValueError("the model is in training mode: call model.eval() first (BatchNorm and Dropout in "
-                         "training mode make a sample's result depend on its batch and on chance)")
+    _check_settings(batch_size, budget, search_steps, examples, sanity_margin)
+    check_eval_mode(model)
     grid = check_grid(grid)
     lo, hi = (float(b) for b in bounds)
     if not lo < hi:
@@ -110,6 +99,19 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
                     keep_tensors=keep_tensors)
     finally:
         group.close()
+
+
+def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
+    if not isinstance(search_steps, int) or search_steps < 0:
+        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
+    if not sanity_margin >= 0:
+        raise ValueError(f"sanity_margin must be >= 0, got {sanity_margin!r}")
 
 
 def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress, save_adversarials, targets,
