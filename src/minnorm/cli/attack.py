@@ -124,18 +124,17 @@ def _save(ev, spec, args, model, device) -> None:
     with torch.no_grad():
         tensors["predictions"] = c.predict(model, adv, args.batch_size, device).argmax(dim=1) if len(adv) else \
             torch.zeros(0, dtype=torch.long)
-    out = OutputFolder(args.out)
-    if args.format == "safetensors":
-        from safetensors.torch import save
+    with OutputFolder(args.out).lock() as out:  # locked: the files go into the folder's manifest
+        if args.format == "safetensors":
+            from safetensors.torch import save
 
-        out.write_bytes("adversarials.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))
-    else:
-        out.write_bytes("adversarials.pt", torch_bytes(tensors))
-    row = ev.row(spec.name)
-    out.write_json("attack.json", {"command": "attack", "attack": spec.name, "norm": spec.norm_name,
-                                   "parameters": ev.plans[0]["params"], "eps": args.eps,
-                                   "targeted": args.targeted, "summary": row,
-                                   "clean_accuracy": ev.clean_accuracy, "samples": ev.samples})
+            out.write_bytes("adversarials.safetensors", save({k: v.contiguous() for k, v in tensors.items()}))
+        else:
+            out.write_bytes("adversarials.pt", torch_bytes(tensors))
+        out.write_json("attack.json", {"command": "attack", "attack": spec.name, "norm": spec.norm_name,
+                                       "parameters": ev.plans[0]["params"], "eps": args.eps,
+                                       "targeted": args.targeted, "summary": ev.row(spec.name),
+                                       "clean_accuracy": ev.clean_accuracy, "samples": ev.samples})
     print(f"wrote {args.out}/: adversarials.{args.format}, attack.json and the evaluation reports")
 
 
