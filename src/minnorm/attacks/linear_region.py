@@ -11,6 +11,7 @@ images at once, max-pooling layers, and a cache of visited activation patterns.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,7 +34,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
                          init: str = "deepfool", init_steps: int = 100, starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                         progress: bool = False) -> AttackResult:
+                         warm_start: bool = False, progress: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2, batched over images.
 
     Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
@@ -75,7 +76,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     with PiecewiseAffine(model) as net:
         search = _Search(run, net, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
             steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
-            rows=precondition_rows, decision_scale=float(decision_scale), retries=retries)
+            rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
+            warm_start=bool(warm_start))
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
         adv = x0.clone()
         if todo.numel():
@@ -86,7 +88,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
             best, norms = search.best()
             found = torch.isfinite(norms)
             adv[todo[found]] = best[found]
-    info = {"regions_solved": search.solved, "cache_hits": search.hits}
+    info = {"regions_solved": search.solved, "cache_hits": search.hits, "qp_pruned": search.pruned,
+            "qp_steps": search.steps}
     return run.finish(adv, info=info)
 
 
@@ -127,20 +130,22 @@ class _Search:
     """State of Algorithm 1 for ``c`` chains (image x start), laid out as a ``[b, M]`` grid."""
 
     def __init__(self, run, net: PiecewiseAffine, *, q: float, gamma: float, classes: int, qp: dict, rows: int,
-                 decision_scale: float, retries: int):
+                 decision_scale: float, retries: int, warm_start: bool = False):
         self.retries = retries
         self.run, self.net, self.q, self.gamma, self.classes, self.qp = run, net, q, gamma, classes, qp
         self.rows, self.decision_scale = rows, decision_scale
+        self.warm_start = warm_start
         self.solved = torch.zeros(run.batch_size, dtype=torch.long, device=run.inputs.device)
         self.hits = torch.zeros_like(self.solved)
+        self.pruned = torch.zeros_like(self.solved)  # QPs the dual bound rejected (Sec. 4.1 early stop)
+        self.steps = torch.zeros_like(self.solved)  # dual steps taken over all QPs
+        self.mu = None  # per chain, the unscaled multipliers of its last region's most promising QP
 
     # ------------------------------------------------------------------ bookkeeping
 
     def _forward(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            logits = self.run.model.model(x)
-        self.run.model.charge(owner, forward=1)
-        return logits
+            return self.run.model(x, owner)
 
     def _offer(self, chains: torch.Tensor, points: torch.Tensor, ok: torch.Tensor) -> None:
         """Record ``points`` (adversarial where ``ok``) for ``chains`` if they beat the chain's best."""
@@ -222,8 +227,8 @@ class _Search:
             if chains.numel() == 0:
                 return
             y = self._sample(chains, gamma)
-            logits, region = self.net.capture(y)
-            self.run.model.charge(self.owner[chains], forward=1)
+            owner = self.owner[chains]
+            logits, region = self.net.capture(y, functools.partial(self.run.model, index=owner))
             self._offer(chains, y, self.run.is_adversarial(logits, self.owner[chains]))  # best seen, invariant 7
             h = region.hashes().to(self.x0.device)
             seen = ((self.seen[chains] == h[:, None, :]).all(2) & self.filled[chains]).any(1)
@@ -256,8 +261,16 @@ class _Search:
         lower = run.bounds[0] - self.x0[ch]
         upper = run.bounds[1] - self.x0[ch]
         bound = self._image_best()[self.chain_image[ch]]
+        mu0 = None
+        if self.warm_start and self.mu is not None:
+            # neighbouring regions share their rows (one per neuron): start from the chain's last duals
+            mu0 = torch.where(self.has_mu[ch, None], self.mu[ch] / scale, torch.zeros_like(scale))
         sol = solve_qp(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
-                       **self.qp)
+                       mu0=mu0, **self.qp)
+        self.pruned.index_add_(0, self.owner[ch], sol.pruned.long())
+        self.steps.index_add_(0, self.owner[ch], sol.iterations)
+        if self.warm_start:
+            self._keep_duals(chains, per, sol.mu * scale, sol.dual)
         # Rows the dual bound ruled out are dropped; the rest are checked on the true network even
         # when the primal point is slightly infeasible (Sec. 4.2), along the ray at a few overshoots,
         # since the exact QP optimum lies on the decision boundary itself.
@@ -270,6 +283,14 @@ class _Search:
         owner = self.owner[ch[idx]].repeat_interleave(len(_OVERSHOOT))
         adv = run.is_adversarial(self._forward(cand, owner), owner)
         self._offer(ch[idx].repeat_interleave(len(_OVERSHOOT)), cand, adv)
+
+    def _keep_duals(self, chains: torch.Tensor, per: int, mu: torch.Tensor, dual: torch.Tensor) -> None:
+        """Remember, per chain, the multipliers of its QP with the smallest dual bound."""
+        if self.mu is None:
+            self.mu = torch.zeros(self.owner.numel(), mu.shape[1], dtype=mu.dtype, device=mu.device)
+            self.has_mu = torch.zeros(self.owner.numel(), dtype=torch.bool, device=mu.device)
+        pick = dual.view(-1, per).argmin(1) + torch.arange(chains.numel(), device=mu.device) * per
+        self.mu[chains], self.has_mu[chains] = mu[pick], True
 
     def _scales(self, op: RegionOperator) -> torch.Tensor:
         """Sec. 4.2: exact unit norm times ``decision_scale`` for the decision rows, the sampled
