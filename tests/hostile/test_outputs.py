@@ -113,6 +113,7 @@ def test_report_refuses_a_planted_link_and_writes_nothing(ws, capsys):
 HOLDER = """
 import sys
 sys.path.insert(0, {src!r})
+from minnorm.evaluation.store import OutputFolder
 folder = OutputFolder({out!r}).lock()
 print("locked", flush=True)
 sys.stdin.read()
@@ -129,8 +130,9 @@ def held(ws):
     proc.communicate("", timeout=30)
 
 
-def test_second_process_on_the_same_out_is_refused(ws, capsys, held):
-    msg = ws.refused(ws.args("evaluate", ws.data_file()), capsys, "in use by another minnorm process",
+@pytest.mark.parametrize("command", COMMANDS)
+def test_second_process_on_the_same_out_is_refused(ws, capsys, held, command):
+    msg = ws.refused(ws.args(command, ws.data_file()), capsys, "in use by another minnorm process",
                      f"pid {held.pid}")
     assert str(ws.out) in msg
     from minnorm.evaluation.store import OutputFolder
@@ -138,7 +140,7 @@ def test_second_process_on_the_same_out_is_refused(ws, capsys, held):
     with pytest.raises(ValueError, match="in use"):
         OutputFolder(ws.out).lock()
     held.communicate("", timeout=30)  # the holder ends: the lock goes with it
-    assert main(ws.args("evaluate", ws.data_file())) == 0
+    assert main(ws.args(command, ws.data_file())) == 0
 
 
 def test_overwrite_removes_only_the_files_the_run_wrote(ws, capsys):

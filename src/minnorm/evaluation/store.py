@@ -307,9 +307,9 @@ class OutputFolder:
 
     Every path below it is opened component by component with ``O_NOFOLLOW``, so a link
     planted in the folder (``samples.csv -> ~/.bashrc``, ``plots -> /etc``) is refused, not
-    followed. :meth:`lock` keeps a second process out (``.minnorm.lock``); while this process
-    holds the lock, each file written is recorded with its SHA-256 in ``.minnorm-files.json``,
-    and :meth:`clear_own_files` removes exactly those files.
+    followed. :meth:`lock` keeps a second process out (``.minnorm.lock``); each file written is
+    recorded with its SHA-256 in ``.minnorm-files.json`` (by the process holding the lock), and
+    :meth:`clear_own_files` removes exactly those files.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -444,11 +444,31 @@ class OutputFolder:
         return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
     def _record(self, entries: dict[str, str]) -> None:
-        if self._key is None or not entries:
-            return  # only the process that holds the lock keeps the manifest
-        files = self.files()
-        files.update(entries)
-        self._write_files(files)
+        if entries:
+            self._update_files(lambda files: {**files, **entries})
+
+    def _update_files(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        """Rewrite the manifest under the folder's lock: held by this process already, or taken
+        for the moment. When another process holds it (rank 0 of a ``torchrun`` run), that
+        process keeps the manifest and this one leaves it alone."""
+        if self._key is None and self._folder_key() not in _HELD:
+            try:
+                self.lock()
+            except UnsafeOutput:
+                return
+            try:
+                self._write_files(change(self.files()))
+            finally:
+                self.unlock()
+            return
+        self._write_files(change(self.files()))
+
+    def _folder_key(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def _write_files(self, files: dict[str, str]) -> None:
         fd = self._open_dir(create=True)
@@ -475,10 +495,8 @@ class OutputFolder:
                 pass
             finally:
                 os.close(fd)
-        if self._key is not None:
-            files = self.files()
-            if any(r in files for r in rels):
-                self._write_files({k: v for k, v in files.items() if k not in set(rels)})
+        if any(r in self.files() for r in rels):
+            self._update_files(lambda files: {k: v for k, v in files.items() if k not in set(rels)})
         return removed
 
     def clear_own_files(self, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -496,19 +514,9 @@ class OutputFolder:
                 finally:
                     os.close(fd)
         self._remove_staging()
-        if self._key is not None:
-            self._write_files({})
-        else:
-            self._drop_files()
+        if self.files():
+            self._update_files(lambda files: {})
         return removed
-
-    def _drop_files(self) -> None:
-        with contextlib.suppress(OSError):
-            fd = self._open_dir()
-            try:
-                os.unlink(FILES, dir_fd=fd)
-            finally:
-                os.close(fd)
 
     def _remove_staging(self) -> None:
         with contextlib.suppress(OSError):
