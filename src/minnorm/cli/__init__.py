@@ -35,10 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:  # argparse printed its usage line and message (or the help)
-        return int(done.code or 0)
+    args = parser.parse_args(argv)  # argparse exits with 2 on a bad option, after one usage line
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
