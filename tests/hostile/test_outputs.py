@@ -108,6 +108,19 @@ def test_report_refuses_a_planted_link_and_writes_nothing(ws, capsys):
     assert victim.read_bytes() == b"precious"
 
 
+def test_compare_refuses_a_planted_link(ws, capsys):
+    data = ws.data_file()
+    for run in ("a", "b"):
+        assert main(ws.args("evaluate", data, out=ws.root / run)) == 0
+    victim = ws.root / "victim.md"
+    victim.write_text("precious")
+    ws.out.mkdir()
+    (ws.out / "compare.md").symlink_to(victim)
+    ws.refused(["compare", str(ws.root / "a"), str(ws.root / "b"), "--out", str(ws.out)], capsys,
+               str(ws.out / "compare.md"), "symbolic link")
+    assert not (ws.out / "compare.png").exists()  # both files or neither
+
+
 # --------------------------------------------------------------------------- lock and manifest
 
 HOLDER = """

@@ -95,9 +95,12 @@ def compare(first: str | Path, second: str | Path, out: str | Path | None = None
     a, b = load_pair(first, second)
     result: dict[str, Any] = {"a": a, "b": b}
     if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        plot = compare_plot(a, b, labels, folder / "compare.png")
-        (folder / "compare.md").write_text(compare_markdown(a, b, labels, plot.name))
-        result["paths"] = [folder / "compare.md", plot]
+        from .store import OutputFolder
+
+        folder = OutputFolder(out)  # both files or neither, never through a symbolic link
+        with folder.lock(), folder.staging() as stage:
+            compare_plot(a, b, labels, stage / "compare.png")
+            (stage / "compare.md").write_text(compare_markdown(a, b, labels, "compare.png"))
+            folder.commit(stage)
+        result["paths"] = [folder.path / "compare.md", folder.path / "compare.png"]
     return result
