@@ -50,6 +50,44 @@ def test_idx_bad_files_raise(tmp_path, raw, message):
         data.read_idx(path)
 
 
+def test_idx_size_is_computed_without_wrap_around(tmp_path):
+    # 2**31 * 2**31 * 4 one-byte items: 2**64 bytes, which int64 arithmetic wraps to 0
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**31, 2**31, 4)))
+    with pytest.raises(ValueError, match=rf"huge: IDX shape .* needs {2**64} data bytes, found 0"):
+        data.read_idx(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "bad header"])
+def test_idx_damaged_gzip_raises_value_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    data.write_idx(path, np.arange(200, dtype=np.uint8))
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    elif damage == "corrupt":
+        raw[12:-8] = bytes(b ^ 0x5A for b in raw[12:-8])
+    else:
+        raw[3] = 0xFF  # reserved flag bits
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"x-idx1-ubyte\.gz: damaged or truncated gzip data"):
+        data.read_idx(path)
+
+
+def test_check_pair_scales_uint8_and_refuses_what_cannot_be_right():
+    x8 = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).repeat(2, 1, 1, 1)
+    x, y = data.check_pair(x8, torch.tensor([1, 0], dtype=torch.int32))
+    assert x.dtype == torch.float32 and x.max() == 1.0 and y.dtype == torch.int64
+    with pytest.raises(ValueError, match="channels-last"):
+        data.check_pair(torch.rand(2, 28, 28, 1), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="2 inputs but labels of shape \\(3,\\)"):
+        data.check_pair(torch.rand(2, 1, 4, 4), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="label 1 is 0.5"):
+        data.check_pair(torch.rand(2, 1, 4, 4), torch.tensor([0.0, 0.5]))
+    with pytest.raises(ValueError, match="int16"):
+        data.check_pair(torch.zeros(2, 1, 4, 4, dtype=torch.int16), torch.tensor([0, 1]))
+
+
 def test_idx_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         data.read_idx(tmp_path / "nope.gz")

@@ -321,7 +321,7 @@ class OutputFolder:
 
     # -- paths
     def _unsafe(self, err: OSError, shown: Path) -> Exception:
-        if err.errno == errno.ELOOP:
+        if err.errno == errno.ELOOP or (err.errno == errno.ENOTDIR and os.path.islink(shown)):
             return UnsafeOutput(f"{shown} is a symbolic link; refusing to write through it (remove the link or "
                                 "choose another output folder)")
         if err.errno == errno.ENOTDIR:
