@@ -10,7 +10,7 @@ import torch
 from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box
-from ._minimal import BestTracker, dlr_objective, safe_grad, top_other_classes
+from ._minimal import BestTracker, dlr_objective, refine_on_segment, safe_grad, top_other_classes
 from .fgsm import loss_objective
 from .pgd import margin_objective, sparse_l1_direction
 
@@ -23,13 +23,14 @@ def apgd_checkpoints(n: int) -> list[int]:
     ps = [0.0, 0.22]
     while ps[-1] < 1:
         ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
-    return sorted({math.ceil(p * n) for p in ps[1:] if math.ceil(p * n) < n and p * n > 0})
+    marks = {math.ceil(p * n - 1e-9) for p in ps[1:]}  # 1e-9: 0.22 * 100 is 22.000000000000004 in floats
+    return sorted(m for m in marks if 0 < m < n)
 
 
 def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = "inf", targeted: bool = False,
          loss: str = "dlr", steps: int = 500, round_steps: int = 50, targets: int | None = None,
          momentum: float = 0.75, rho: float = 0.75, shrink: float = 0.9, growth: float = 2.0, tol: float = 1e-3,
-         sparsity: float = 0.05, bounds: tuple[float, float] = (0.0, 1.0),
+         sparsity: float = 0.05, refine: int = 10, bounds: tuple[float, float] = (0.0, 1.0),
          generator: torch.Generator | None = None) -> AttackResult:
     """Smallest eps at which APGD (Algorithm 1 of the paper) finds an adversarial, searched per sample.
 
@@ -51,11 +52,13 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     ``loss``: ``"dlr"`` (eq. (6)) or ``"ce"``. ``targets=k`` splits ``steps`` over APGD-T runs with
     the targeted DLR loss (eq. (7)) towards each of the ``k`` largest clean logits besides the
     label. With ``targeted=True`` the given labels are the targets. Cost: one forward and one
-    backward pass per step. Deterministic (no random start).
+    backward pass per step, and ``refine`` forward passes of bisection on the segment from the
+    input to the best point at the end (not in the paper). Deterministic (no random start).
     """
     if loss not in ("dlr", "ce"):
         raise ValueError(f"loss must be 'dlr' or 'ce', got {loss!r}")
     steps = check_int("steps", steps)
+    refine = check_int("refine", refine, minimum=0)
     round_steps = check_int("round_steps", round_steps)
     if targets is not None:
         targets = check_int("targets", targets)
@@ -83,6 +86,7 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
             full = torch.zeros_like(run.labels).index_copy(0, index, top[:, j])
             make = _loss("dlr-t", run.labels, False, full)
             _Search(run, tracker, index, make, cfg).search(max(steps // top.shape[1], 1))
+    refine_on_segment(run, tracker, index, refine)
     return run.finish(tracker.best)
 
 

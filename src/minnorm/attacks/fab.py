@@ -7,7 +7,7 @@ import torch
 
 from ..core import AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, register, start_attack
 from ..core.norms import min_step_to_hyperplane
-from ._minimal import BestTracker, random_in_ball, top_other_classes
+from ._minimal import BestTracker, random_in_ball, refine_on_segment, top_other_classes
 
 __all__ = ["fab"]
 
@@ -16,13 +16,13 @@ _RESTART_RADIUS = {1.0: 5.0, 2.0: 1.0, math.inf: 0.1}  # for samples not broken 
 
 def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2, targeted: bool = False,
         steps: int = 100, restarts: int = 1, targets: int | None = None, candidates: int | None = None,
-        alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, restart_radius: float | None = None,
+        alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, restart_radius: float | None = None, refine: int = 10,
         bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None) -> AttackResult:
     """FAB, Algorithm 1 of the paper; FAB-T (AutoAttack's targeted version) with ``targets=k``.
 
     Each iteration linearises ``f_l - f_c`` at ``x^(i)`` for the candidate classes ``l`` (``c`` the
-    label), picks the class ``s`` whose linearised boundary is nearest (eq. (4), ``|f_l - f_c| /
-    ||grad||_q``), and projects both ``x^(i)`` and ``x_orig`` onto that hyperplane within the box
+    label), picks the class ``s`` whose linearised boundary is nearest (eq. (4); here measured
+    within the box, see ``_nearest``), and projects both ``x^(i)`` and ``x_orig`` onto that hyperplane within the box
     (eq. (5), exactly: ``core.norms.min_step_to_hyperplane``). The biased step (eq. (6)):
 
         x^(i+1) = clip((1 - a)(x^(i) + eta d_i) + a (x_orig + eta d_orig)),
@@ -41,10 +41,13 @@ def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
 
     Cost per iteration and active sample: one forward pass and one backward pass per linearised
     class (K - 1 for untargeted FAB, 1 for FAB-T), plus one forward pass when the iterate was
-    adversarial (the backward step moves the point). Returns the smallest adversarial queried.
+    adversarial (the backward step moves the point). Returns the smallest adversarial queried,
+    after ``refine`` bisection steps (one forward pass each) on the segment from the input to the
+    best point, which removes the ``eta`` overshoot (not in the paper).
     """
     steps = check_int("steps", steps)
     restarts = check_int("restarts", restarts)
+    refine = check_int("refine", refine, minimum=0)
     if targets is not None:
         targets = check_int("targets", targets)
     if candidates is not None:
@@ -74,6 +77,7 @@ def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
                 rad = torch.clamp(tracker.norms[index] / 2, max=radius)
                 start = random_in_ball(start, run.norm, rad, run.generator, run.bounds)
             _fab_run(run, tracker, index, classes, start, steps, (alpha_max, eta, beta))
+    refine_on_segment(run, tracker, index, refine)
     return run.finish(tracker.best)
 
 
@@ -90,42 +94,45 @@ def _class_sets(run, index: torch.Tensor, targets: int | None, candidates: int |
     return [top[:, j:j + 1] for j in range(top.shape[1])]
 
 
-def _differences(run, index: torch.Tensor, x: torch.Tensor, classes: torch.Tensor):
-    """Logits, ``f_l - f_c`` ``[b, C]`` and their gradients ``[b, C, *x]`` at ``x``: one forward pass
-    and C backward passes. ``c`` is the label (untargeted), or for a target ``l`` (targeted mode)
-    the strongest other class."""
+def _differences(run, tracker: BestTracker, index: torch.Tensor, x: torch.Tensor, classes: torch.Tensor):
+    """Records ``x`` (one forward pass) and returns, for the rows where it is not adversarial,
+    ``f_l - f_c`` ``[b, C]`` and their gradients ``[b, C, *x]`` (C backward passes, charged to
+    those rows only), with the adversarial mask. ``c`` is the label (untargeted) or, towards a
+    target ``l`` (targeted mode), the strongest other class."""
     with torch.enable_grad():
         xa = x.detach().requires_grad_(True)
         logits = run.model(xa, index)
+        adv = tracker.update(index, x, logits.detach())
         if run.targeted:
             other = logits.scatter(1, classes, -math.inf).amax(1, keepdim=True)
         else:
             other = logits.gather(1, run.labels[index][:, None])
         diff = logits.gather(1, classes) - other
-        grads = []
-        for j in range(classes.shape[1]):
-            (g,) = torch.autograd.grad(diff[:, j].sum(), xa, retain_graph=j < classes.shape[1] - 1)
-            grads.append(g)
-            run.model.count_backward(index)
-    return logits.detach(), diff.detach(), torch.stack(grads, 1)
+        keep = (~adv).to(diff.dtype)[:, None]
+        grads = torch.zeros(x.shape[0], classes.shape[1], *x.shape[1:], dtype=x.dtype, device=x.device)
+        if bool((~adv).any()):
+            for j in range(classes.shape[1]):
+                (g,) = torch.autograd.grad((diff[:, j:j + 1] * keep).sum(), xa, retain_graph=j < classes.shape[1] - 1)
+                grads[:, j] = g
+                run.model.count_backward(index[~adv])
+    return diff.detach(), grads, adv
 
 
 def _fab_run(run, tracker: BestTracker, index: torch.Tensor, classes: torch.Tensor, start: torch.Tensor,
              steps: int, params: tuple[float, float, float]) -> None:
     alpha_max, eta, beta = params
     x0, x, p = run.inputs[index], start.clone(), run.norm
-    q, tiny = dual_exponent(p), torch.finfo(x.dtype).tiny
+    tiny = torch.finfo(x.dtype).tiny
     rows = torch.arange(len(index), device=x.device)
     for _ in range(steps):
-        logits, diff, grads = _differences(run, index, x, classes)
-        adv = tracker.update(index, x, logits)
-        if bool(adv.any()):
-            # Sec. 3.2: a successful point is pulled back towards x_orig before the next linearisation
-            a = adv.nonzero().squeeze(1)
+        diff, grads, adv = _differences(run, tracker, index, x, classes)
+        # Sec. 3.2: a successful point is pulled back towards x_orig before the next linearisation
+        # (rarely, the pulled-back point is adversarial too: it is then linearised as it is)
+        a = adv.nonzero().squeeze(1)
+        if len(a):
             x[a] = (1 - beta) * x0[a] + beta * x[a]
-            _, diff[a], grads[a] = _differences(run, index[a], x[a], classes[a])
-        gn = lp_norm(grads.flatten(0, 1), q).view_as(diff)
-        s = (diff.abs() / gn.clamp_min(tiny)).argmin(1)
+            diff[a], grads[a], _ = _differences(run, tracker, index[a], x[a], classes[a])
+        s = _nearest(diff, grads, x, p, run.bounds)
         w, d = grads[rows, s], diff[rows, s]
         step_x, _ = min_step_to_hyperplane(w, -d, p, x, run.bounds)
         at_orig = d + (w * (x0 - x)).flatten(1).sum(1)
@@ -136,6 +143,21 @@ def _fab_run(run, tracker: BestTracker, index: torch.Tensor, classes: torch.Tens
         x = ((1 - alpha) * (x + eta * step_x) + alpha * (x0 + eta * step_o)).clamp(*run.bounds)
     with torch.no_grad():
         tracker.update(index, x, run.model(x, index))
+
+
+def _nearest(diff: torch.Tensor, grads: torch.Tensor, x: torch.Tensor, p: float, bounds: tuple[float, float]):
+    """Index of the class whose linearised boundary is nearest within the box. The paper ranks by
+    the unconstrained distance ``|f_l - f_c| / ||grad||_q`` (eq. (4)); with one class at a time
+    (FAB-T) both agree, and ranking by the box-constrained step (unreachable ones last) keeps
+    untargeted FAB from heading to a boundary the box puts far away, which matters most in L1."""
+    b, c = diff.shape
+    if c == 1:
+        return torch.zeros(b, dtype=torch.long, device=diff.device)
+    xs = x.unsqueeze(1).expand(b, c, *x.shape[1:]).flatten(0, 1)
+    steps, ok = min_step_to_hyperplane(grads.flatten(0, 1), -diff.flatten(), p, xs, bounds)
+    dist = torch.where(ok, lp_norm(steps, p), torch.full_like(ok, math.inf, dtype=diff.dtype)).view(b, c)
+    unconstrained = diff.abs() / lp_norm(grads.flatten(0, 1), dual_exponent(p)).view(b, c).clamp_min(1e-30)
+    return torch.where(torch.isfinite(dist), dist, math.inf + unconstrained).argmin(1)
 
 
 for _p, _name in ((1.0, "fab-l1"), (2.0, "fab-l2"), (math.inf, "fab-linf")):

@@ -8,7 +8,7 @@ import torch
 from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box
-from ._minimal import BestTracker, cosine, safe_grad
+from ._minimal import BestTracker, cosine, refine_on_segment, safe_grad
 from .pgd import margin_objective
 
 __all__ = ["fmn"]
@@ -18,7 +18,7 @@ _ALPHA = {1.0: 5.0, 2.0: 1.0, math.inf: 10.0}  # initial step (L2 length of the 
 
 def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2, targeted: bool = False,
         steps: int = 1000, alpha_init: float | None = None, alpha_final: float | None = None, gamma_init: float = 0.05,
-        gamma_final: float = 0.001, bounds: tuple[float, float] = (0.0, 1.0),
+        gamma_final: float = 0.001, refine: int = 10, bounds: tuple[float, float] = (0.0, 1.0),
         generator: torch.Generator | None = None) -> AttackResult:
     """FMN, Algorithm 1 of the paper: alternate a gradient step on the logit-difference loss with a
     projection onto an lp ball of adaptive radius ``eps`` around the input.
@@ -41,9 +41,12 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     ``gamma_k`` and ``alpha_k`` are cosine-annealed from ``gamma_init``/``alpha_init`` to
     ``gamma_final``/``alpha_final`` (default ``alpha_init / 100``). ``alpha_init`` defaults per
     norm (L1 5, L2 1, Linf 10). Returns the smallest adversarial queried (line 14), never the last
-    iterate. Deterministic; ``generator`` only breaks ties on flat (zero-gradient) points.
+    iterate, after ``refine`` bisection steps on the segment from the input to the best point
+    (one forward pass each; not in the paper, see ``_minimal.refine_on_segment``). Deterministic;
+    ``generator`` only breaks ties on flat (zero-gradient) points.
     """
     steps = check_int("steps", steps)
+    refine = check_int("refine", refine, minimum=0)
     gamma_init = check_positive("gamma_init", gamma_init)
     gamma_final = check_positive("gamma_final", gamma_final)
     if gamma_init >= 1 or gamma_final >= 1:
@@ -60,6 +63,7 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     index = (~done).nonzero().squeeze(1)
     if len(index):
         _search(run, tracker, index, steps, (alpha_init, alpha_final), (gamma_init, gamma_final))
+        refine_on_segment(run, tracker, index, refine)
     return run.finish(tracker.best)
 
 

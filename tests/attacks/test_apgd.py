@@ -1,0 +1,109 @@
+"""The APGD minimal-norm search: checkpoints of Croce & Hein (2020), DLR invariances, exact minima
+of binary affine classifiers with and without the box, targeted minima against HiGHS, APGD-T,
+the per-sample stopping rule."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from affine_oracle import affine_model, inputs, targeted_minimum_lp, untargeted_minimum
+from helpers import tiny_inputs, tiny_mlp, true_labels
+
+from minnorm.attacks import apgd
+from minnorm.attacks._minimal import dlr_objective
+from minnorm.attacks.apgd import apgd_checkpoints
+
+NORMS = [1.0, 2.0, math.inf]
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (Sec. 3.2), times n, rounded up
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1) == []
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_dlr_is_shift_and_scale_invariant(targeted):
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 10, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,), generator=g)
+    f = dlr_objective(y, targeted)
+    torch.testing.assert_close(f(3.7 * z + 11.0), f(z))
+    # positive exactly when the point is adversarial (untargeted) / on target (targeted)
+    pred = z.argmax(1)
+    assert torch.equal(f(z) > 0, pred == y if targeted else pred != y)
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["interior", "box-binds"])
+@pytest.mark.parametrize("p", NORMS)
+def test_binary_affine_reaches_the_exact_minimum(p, edge):
+    model = affine_model(k=2, seed=1)
+    x = inputs(10, edge=edge)
+    y = model(x).argmax(1)
+    bounds = (0.0, 1.0) if edge else (-50.0, 50.0)
+    ref = untargeted_minimum(model, x, y, p, bounds if edge else None)
+    res = apgd(model, x, y, norm=p, steps=300, bounds=bounds)
+    assert bool(res.success.all())
+    assert bool((res.norms >= ref * (1 - 1e-9)).all())
+    # L1: the sparse steps of l1-APGD converge more slowly onto the vertex of the l1 ball; L2 in
+    # the box: projecting on the ball and then clipping is not the projection on their intersection
+    rtol = 2e-2 if p == 1 else (6e-3 if p == 2 and edge else 3e-3)
+    torch.testing.assert_close(res.norms, ref, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("p", [1.0, math.inf])
+def test_targeted_affine_against_highs(p):
+    model = affine_model(k=4, seed=3)
+    x = inputs(8, edge=True)
+    t = (model(x).argmax(1) + 1) % 4
+    ref = targeted_minimum_lp(model, x, t, p, (0.0, 1.0))
+    res = apgd(model, x, t, norm=p, targeted=True, steps=300)
+    assert torch.equal(model(res.adversarials).argmax(1), t)
+    ratio = res.norms / ref
+    assert bool((ratio >= 1 - 1e-7).all())
+    assert float(ratio.max()) < 1.05 and float(ratio.median()) < 1.02
+
+
+def test_apgd_t_finds_the_class_untargeted_misses():
+    """Multi-class affine with the box: the margin gradient heads for the strongest other class,
+    which need not be the nearest; APGD-T over every class finds the nearest one."""
+    model = affine_model(k=3, seed=0)
+    x = inputs(12, edge=True)
+    y = model(x).argmax(1)
+    ref = untargeted_minimum(model, x, y, 2.0, (0.0, 1.0))
+    plain = apgd(model, x, y, norm=2, steps=300)
+    over = apgd(model, x, y, norm=2, steps=600, targets=2)
+    assert float((plain.norms / ref).max()) > 1.05, "this instance no longer shows the effect"
+    assert float((over.norms / ref).max()) < 1.02
+
+
+def test_samples_stop_when_the_bracket_closes():
+    model = affine_model(k=2, seed=1)
+    x = inputs(6)
+    y = model(x).argmax(1)
+    loose = apgd(model, x, y, norm=2, steps=400, tol=1e-2, refine=0)
+    tight = apgd(model, x, y, norm=2, steps=400, tol=1e-6, refine=0)
+    assert bool((loose.backward_passes < tight.backward_passes).all())
+    assert bool((tight.backward_passes <= 400).all())
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_losses_break_the_tiny_model(loss):
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(6, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = apgd(model, x, y, norm=math.inf, loss=loss, steps=100)
+    assert bool(res.success.all())
+
+
+def test_bad_settings():
+    model = tiny_mlp()
+    x = tiny_inputs(2)
+    y = true_labels(model, x)
+    with pytest.raises(ValueError, match="loss"):
+        apgd(model, x, y, loss="hinge")
+    with pytest.raises(ValueError, match="norm"):
+        apgd(model, x, y, norm=3)
+    with pytest.raises(ValueError, match="shrink"):
+        apgd(model, x, y, shrink=1.0)
