@@ -35,6 +35,10 @@ def add_parser(subparsers) -> None:
                         "(default: sample)")
     p.add_argument("--n", "--samples", dest="n", type=c.positive_int,
                    help="evaluate the first N samples (default: all); under torchrun write --samples N")
+    p.add_argument("--eps", help="radii to report robust accuracy at (headline line and table columns), e.g. "
+                                 "8/255 or 0.5,1.0; fixed-epsilon attacks run there unless --epsilons is given")
+    p.add_argument("--targets", help="targeted evaluation: a class index, random, least-likely or all "
+                                     "(every other class; a sample's norm is its smallest over them)")
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
     p.add_argument("--eps-search", action="store_true",
                    help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
@@ -100,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     params = attack_params(args.param, names)
     norm = args.norm if args.norm is not None else specs[0].norm
     epsilons = parse_grid(args.epsilons, "--epsilons") if args.epsilons else None
+    eps = parse_grid(args.eps, "--eps") if args.eps else None
+    targets = None if args.targets is None else (int(args.targets) if args.targets.isdigit() else args.targets)
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     device = c.resolve_device(args.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -116,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
                              search_steps=args.search_steps, search_max=args.search_max, grid=grid,
                              out=args.out, overwrite=args.overwrite, device=device,
                              save_adversarials=not args.no_adversarials, examples=args.examples,
-                             sanity_margin=args.sanity_margin, quick=args.quick, describe=describe)
+                             sanity_margin=args.sanity_margin, quick=args.quick, describe=describe, eps=eps,
+                             targets=targets)
     if int(os.environ.get("RANK", "0")) == 0:
         print_evaluation(ev)
         if args.out:
@@ -130,5 +137,7 @@ def print_evaluation(ev) -> None:
     for line in settings_lines(ev):
         print(line)
     print(c.format_table(*table_cells(ev)))
+    for line in ev.headlines():
+        print(line)
     for w in ev.warnings:
         print(f"WARNING [{w['check']}]: {w['message']}")

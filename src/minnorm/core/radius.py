@@ -64,3 +64,11 @@ def parse_fraction(text: str) -> float:
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
     return value
+
+
+def radius_text(eps: float) -> str:
+    """``8/255`` for a multiple of 1/255 that has no short decimal form, else ``0.5``-style."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and len(f"{eps:g}") > 6 and round(k) != 0:
+        return f"{round(k)}/255"
+    return f"{eps:g}"

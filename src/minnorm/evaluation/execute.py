@@ -113,6 +113,26 @@ class _State:
         return Outcome(success, self.norms, rel, self.passes, self.over, seconds, self.adv, self.success_at)
 
 
+def merge_outcomes(n: int, x: torch.Tensor, parts: list[tuple[torch.Tensor, Outcome]]) -> Outcome:
+    """Outcomes of several runs on subsets ``rows`` of ``n`` samples (targets="all"): per sample
+    the smallest norm and its adversarial; passes, seconds and over-budget flags add up."""
+    empty = torch.zeros(n, dtype=torch.float64)
+    out = Outcome(empty.bool(), empty + INF, empty + float("nan"), empty.long(), empty.bool(), 0.0,
+                  x.detach().cpu().clone(), {})
+    for rows, o in parts:
+        better = o.norms < out.norms[rows]
+        out.norms[rows[better]] = o.norms[better]
+        out.relative[rows[better]] = o.relative[better]
+        out.adversarials[rows[better]] = o.adversarials[better]
+        out.passes[rows] += o.passes
+        out.over_budget[rows] |= o.over_budget
+        out.seconds += o.seconds
+        for eps, hit in o.success_at.items():
+            out.success_at.setdefault(eps, empty.bool().clone())[rows] |= hit
+    out.success = torch.isfinite(out.norms)
+    return out
+
+
 def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, state: _State, steps: int) -> None:
     """Per-sample bisection over the radius of a fixed-epsilon attack.
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..core import AttackSpec, parse_norm
+from ..core import AttackSpec, check_radius, parse_fraction, parse_norm
 
 MODES = ("minimal", "fixed", "search")
 
@@ -40,7 +40,7 @@ def check_grid(grid: Iterable[float] | None, name: str = "epsilon grid") -> list
     """A strictly increasing list of finite radii >= 0, or a ValueError saying what to fix."""
     if grid is None:
         return None
-    values = [float(v) for v in grid]
+    values = [check_radius(v, name) for v in grid]
     if not values:
         raise ValueError(f"{name} is empty: give at least one radius, e.g. 0.5,1,2")
     bad = [v for v in values if not math.isfinite(v) or v < 0]
@@ -64,7 +64,7 @@ def parse_grid(text: str, name: str) -> list[float]:
             a, b = float(start), float(stop)
             values = [a + (b - a) * i / (n - 1) for i in range(n)]
         else:
-            values = [float(v) for v in text.split(",") if v.strip()]
+            values = [parse_fraction(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name}: expected comma-separated numbers (0.1,0.2,0.5) or start:stop:count "
                          f"with count >= 2, got {text!r}") from None

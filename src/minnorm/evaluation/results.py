@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .metrics import ALL, default_grid, robust_accuracy, sanity_checks, summarize
-from .plan import check_grid
+from ..core import parse_norm, radius_text
+from .plan import check_grid, norm_name
 
 
 def batch_record(batch: int, index: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor,
@@ -148,6 +149,15 @@ class Evaluation:
         norms = self.table["best_norm" if attack in (None, ALL) else f"{attack}.norm"]
         return robust_accuracy(norms, self.table["correct"], [eps])[0]
 
+    def headlines(self) -> list[str]:
+        """One line per radius the user asked about (``eps``): the best of all attacks' robust
+        accuracy there, said to be an upper bound."""
+        n = len(self.attack_names)
+        norm = norm_name(parse_norm(self.config["norm"]))
+        return [f"robust accuracy at {norm} {radius_text(e)}: {100 * self.robust_accuracy(e):.1f}% "
+                f"(best of {n} attack{'s' if n > 1 else ''}, an upper bound; clean accuracy "
+                f"{100 * self.clean_accuracy:.1f}% of {self.samples})" for e in self.config.get("eps") or []]
+
     def row(self, attack: str = ALL) -> dict[str, Any]:
         return next(r for r in self.summary if r["attack"] == attack)
 
@@ -155,6 +165,50 @@ class Evaluation:
         """The per-sample table as rows (plain Python values; inf/nan as floats)."""
         cols = sample_columns(self.plans, "target" in self.table)
         return [{c: _plain(self.table[c][i]) for c in cols} for i in range(self.samples)]
+
+    def to_pandas(self, what: str = "summary"):
+        """The summary (one row per attack and All, robust accuracy per grid radius as columns)
+        or the per-sample table (``what="samples"``) as a pandas DataFrame (``pip install
+        minnorm[notebook]``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_pandas needs pandas: pip install 'minnorm[notebook]' (or pandas)") from None
+        if what == "samples":
+            return pd.DataFrame(self.per_sample())
+        if what != "summary":
+            raise ValueError(f"what must be 'summary' or 'samples', got {what!r}")
+        rows = []
+        for r in self.summary:
+            flat = {k: v for k, v in r.items() if k not in ("robust_accuracy", "success_at")}
+            flat.update({f"robust_accuracy@{e:g}": v for e, v in zip(self.grid, r["robust_accuracy"])})
+            rows.append(flat)
+        return pd.DataFrame(rows).set_index("attack")
+
+    def __repr__(self) -> str:
+        best = self.row()
+        return (f"Evaluation({norm_name(parse_norm(self.config['norm']))} norm, {self.samples} samples, clean accuracy "
+                f"{100 * self.clean_accuracy:.1f}%, attacks {', '.join(self.attack_names)}; best-of-all median norm "
+                f"{best['median_norm']:.4g}, success {100 * best['success_rate']:.1f}%)")
+
+    def _repr_html_(self) -> str:
+        """For notebooks: the headline lines, the summary table and the robust-accuracy curve."""
+        import base64
+        import html
+        import tempfile
+
+        from .plots import robust_accuracy_plot
+        from .report import table_cells
+
+        head, rows = table_cells(self)
+        cell = lambda tag, v: f"<{tag}>{html.escape(str(v))}</{tag}>"  # noqa: E731
+        table = ("<table><tr>" + "".join(cell("th", h) for h in head) + "</tr>"
+                 + "".join("<tr>" + "".join(cell("td", v) for v in r) + "</tr>" for r in rows) + "</table>")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = robust_accuracy_plot(self, Path(tmp) / "ra.png").read_bytes()
+        img = f"<img alt='robust accuracy' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        lines = "".join(f"<p><b>{html.escape(h)}</b></p>" for h in self.headlines())
+        return f"<div><p>{html.escape(repr(self))}</p>{lines}{table}{img}</div>"
 
     def save(self, folder: str | Path | None = None) -> Path:
         """Write every report (JSON, CSV, Markdown, PNG plots, HTML) into ``folder``."""

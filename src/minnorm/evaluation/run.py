@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,13 +21,13 @@ from tqdm.auto import tqdm
 
 from ..core import check_eval_mode, check_label_range, check_logits, parse_norm
 from . import distributed as dist_util
-from .execute import run_plan
+from .execute import merge_outcomes, run_plan
 from .plan import box_diameter, check_grid, make_plans
 from .results import Evaluation, batch_record, build_table
 from .store import RunStore, environment, jsonable, model_fingerprint, tensor_fingerprint
 
 
-TARGET_MODES = ("random", "least-likely")
+TARGET_MODES = ("random", "least-likely", "all")
 
 
 def batch_seed(seed: int, batch: int, attack: str) -> int:
@@ -42,7 +43,8 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
              overwrite: bool = False, device: torch.device | str | None = None, progress: bool = True,
              save_adversarials: bool = True, examples: int = 6, sanity_margin: float = 0.1,
              quick: bool = False, describe: dict[str, Any] | None = None,
-             targets: str | torch.Tensor | None = None, keep_tensors: bool = False) -> Evaluation:
+             targets: str | int | torch.Tensor | None = None, keep_tensors: bool = False,
+             eps: float | Sequence[float] | None = None) -> Evaluation:
     """Run registered ``attacks`` on the correctly classified samples of ``data``.
 
     ``data`` is a pair ``(inputs, labels)`` of tensors (or a dataset of such pairs). ``attacks``:
@@ -56,15 +58,22 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     kept unless ``overwrite``. Under ``torchrun`` the batches are shared among the ranks.
 
     ``targets`` makes the evaluation targeted: a tensor ``[N]`` of target classes, or
-    ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per sample from the
-    seed, or the lowest clean logit); samples whose target is their label are not attacked.
-    ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
+    a class index, ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per
+    sample from the seed, or the lowest clean logit), or ``"all"`` (every other class in turn; a
+    sample's norm is its smallest over the targets); samples whose target is their label are
+    not attacked.
+    ``eps`` are the radii the user asks about: the headline robust accuracy and the summary's
+    columns are reported there, and fixed-epsilon attacks run there unless ``epsilons`` say
+    otherwise. ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
     Everything is validated (settings, labels against the model's classes, every attack's
     hyper-parameters) before any file is written.
     """
     x, y = _as_tensors(data)
     p = parse_norm(norm)
     _check_settings(batch_size, budget, search_steps, examples, sanity_margin)
+    eps = None if eps is None else check_grid([eps] if isinstance(eps, (int, float, str)) else eps, "eps")
+    if epsilons is None and not eps_search:
+        epsilons = eps
     check_eval_mode(model)
     grid = check_grid(grid)
     lo, hi = (float(b) for b in bounds)
@@ -89,7 +98,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
               "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
               "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
               "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
-              "targets": _describe_targets(targets)}
+              "targets": _describe_targets(targets), "eps": eps}
     config = jsonable(config)  # what is saved is what a resume compares against
 
     group = dist_util.setup(device)
@@ -135,10 +144,11 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
     records, kept = [], []
     if done and group.rank == 0 and progress:
         print(f"resuming: {len(done)} of {n_batches} batches done", file=sys.stderr)
-    bar = tqdm(mine, desc="evaluate", unit="batch", disable=(not progress or group.rank != 0) or None,
+    todo = sum(min(bs, len(x) - b * bs) for b in mine) * len(plans)
+    bar = tqdm(total=todo, desc="evaluate", unit="sample", disable=(not progress or group.rank != 0) or None,
                dynamic_ncols=True)
-    for b in bar:
-        record, tensors = _one_batch(model, x, y, b, bs, plans, config, device, targets)
+    for b in mine:
+        record, tensors = _one_batch(model, x, y, b, bs, plans, config, device, targets, bar)
         record["rank"] = group.rank  # bookkeeping only: results never depend on it
         if store is not None:
             store.save_batch(b, record, tensors if save_adversarials else None)
@@ -166,7 +176,7 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
     return evaluation
 
 
-def _one_batch(model, x, y, b, bs, plans, config, device, targets):
+def _one_batch(model, x, y, b, bs, plans, config, device, targets, bar=None):
     xb = x[b * bs:(b + 1) * bs].to(device)
     yb = y[b * bs:(b + 1) * bs].to(device)
     with torch.no_grad():
@@ -174,31 +184,54 @@ def _one_batch(model, x, y, b, bs, plans, config, device, targets):
     pred = logits.argmax(dim=1) if len(xb) else yb.clone()
     correct = pred == yb
     tb = None
-    if targets is not None:
+    if targets is not None and targets != "all":
         tb = _batch_targets(targets, logits, yb, b, bs, config["seed"])
         correct &= tb != yb
     xa, ya = xb[correct], (yb if tb is None else tb)[correct]
     outcomes = {}
     for plan in plans:
+        if bar is not None:
+            bar.set_description(f"{plan.name} ({plan.spec.norm_name}), batch {b}")
         gen = torch.Generator(device=device).manual_seed(batch_seed(config["seed"], b, plan.name))
-        outcomes[plan.name] = run_plan(plan, model, xa, ya, generator=gen, bounds=tuple(config["bounds"]),
-                                       budget=config["budget"], search_steps=config["search_steps"],
-                                       targeted=tb is not None)
+        run = partial(run_plan, plan, model, generator=gen, bounds=tuple(config["bounds"]), budget=config["budget"],
+                      search_steps=config["search_steps"])
+        if targets == "all":
+            outcomes[plan.name] = _every_target(run, xa, ya, logits.shape[1])
+        else:
+            outcomes[plan.name] = run(xa, ya, targeted=tb is not None)
+        if bar is not None:
+            bar.update(len(xb))
     index = torch.arange(b * bs, b * bs + len(xb))
     record = batch_record(b, index, yb.cpu(), pred.cpu(), outcomes)
     if tb is not None:
         record["target"] = tb.cpu().tolist()
         record["attacked"] = correct.cpu().tolist()
     tensors = {"index": index[correct.cpu()], "inputs": xa.cpu()}
-    tensors.update({f"adv/{name}": o.adversarials for name, o in outcomes.items()})
+    for name, o in outcomes.items():
+        tensors[f"adv/{name}"] = o.adversarials
+        with torch.no_grad():  # for reports (confusion matrix, example captions); not an attack pass
+            tensors[f"adv_pred/{name}"] = model(o.adversarials.to(device)).argmax(dim=1).cpu() if len(xa) else \
+                torch.zeros(0, dtype=torch.long)
     return record, tensors
+
+
+def _every_target(run, x: torch.Tensor, y: torch.Tensor, classes: int):
+    """``targets="all"``: the attack towards every other class; per sample the smallest norm."""
+    parts = []
+    for t in range(classes):
+        rows = (y != t).nonzero().flatten()
+        parts.append((rows.cpu(), run(x[rows], torch.full_like(y[rows], t), targeted=True)))
+    return merge_outcomes(len(x), x, parts)
 
 
 def _check_targets(targets, y: torch.Tensor):
     if targets is None or isinstance(targets, str) and targets in TARGET_MODES:
         return targets
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        targets = torch.full_like(y, targets)
     if isinstance(targets, str):
-        raise ValueError(f"targets must be one of {', '.join(TARGET_MODES)} or a tensor of classes, got {targets!r}")
+        raise ValueError(f"targets must be one of {', '.join(TARGET_MODES)}, a class or a tensor of classes, "
+                         f"got {targets!r}")
     if not isinstance(targets, torch.Tensor) or targets.shape != y.shape or targets.is_floating_point():
         raise ValueError(f"targets must be an integer tensor shaped like the labels {tuple(y.shape)}")
     return targets.long().cpu()
@@ -250,6 +283,11 @@ def _model_device(model) -> torch.device:
 def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         x, y = data
+    elif isinstance(data, torch.utils.data.DataLoader):
+        batches = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in data]
+        if not batches:
+            raise ValueError("data is an empty DataLoader")
+        x, y = torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
     elif isinstance(data, torch.utils.data.Dataset):
         pairs = [data[i] for i in range(len(data))]
         if not pairs:
@@ -257,7 +295,7 @@ def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([torch.as_tensor(a) for a, _ in pairs])
         y = torch.as_tensor([int(b) for _, b in pairs])
     else:
-        raise TypeError(f"data must be a pair (inputs, labels) of tensors or a Dataset of pairs, "
+        raise TypeError(f"data must be a pair (inputs, labels) of tensors, a Dataset of pairs or a DataLoader, "
                         f"got {type(data).__name__}")
     if not torch.is_floating_point(x):
         raise TypeError(f"inputs must be a floating-point tensor, got {x.dtype}")

@@ -1,0 +1,111 @@
+"""Issue 14: robust accuracy at eps first class, notebooks, DataLoaders, targets, progress."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import tiny_inputs, tiny_mlp, true_labels
+
+import minnorm
+from minnorm.cli import main
+from minnorm.core import radius_text
+
+MODEL = "helpers:tiny_mlp"
+
+
+@pytest.fixture
+def data():
+    model, x = tiny_mlp(), tiny_inputs(10)
+    return model, x, true_labels(model, x, wrong=(4,))
+
+
+def test_headline_at_the_asked_radii(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    assert main(["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--attacks",
+                 "deepfool-linf,pgd-linf", "--quick", "--eps", "8/255,0.1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("attack "))
+    assert "RA@8/255" in head and "RA@0.1" in head  # the user's radii, not a grid of its own
+    ev = minnorm.evaluate(model, (x, y), "deepfool-linf,pgd-linf", "inf", quick=True, eps=[8 / 255, 0.1],
+                          progress=False)
+    for e in (8 / 255, 0.1):
+        line = f"robust accuracy at linf {radius_text(e)}: {100 * ev.robust_accuracy(e):.1f}% (best of 2 attacks, an upper bound"
+        assert line in out
+    # pgd-linf ran at the asked radii (no --epsilons needed), and its RA there is 1 - success there
+    row = ev.row("pgd-linf")
+    assert set(row["success_at"]) == {f"{8 / 255:g}", "0.1"}
+    assert ev.robust_accuracy(0.1, "pgd-linf") == pytest.approx(ev.clean_accuracy * (1 - row["success_at"]["0.1"]))
+
+
+def test_radius_text():
+    assert radius_text(8 / 255) == "8/255" and radius_text(0.5) == "0.5" and radius_text(0.1) == "0.1"
+
+
+def test_notebook_views(data):
+    model, x, y = data
+    ev = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, eps=0.5, progress=False)
+    text = repr(ev)
+    assert "l2 norm, 10 samples" in text and len(text.splitlines()) == 1
+    page = ev._repr_html_()
+    assert "<table>" in page and "data:image/png;base64," in page and "robust accuracy at l2 0.5" in page
+    pd = pytest.importorskip("pandas")
+    frame = ev.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and list(frame.index) == ["ddn", "All"]
+    assert frame.loc["ddn", "success_rate"] == ev.row("ddn")["success_rate"]
+    assert len(ev.to_pandas("samples")) == 10
+    res = minnorm.attacks.get("ddn")(model, x, y, steps=5)
+    assert repr(res).startswith("AttackResult(10 samples, success") and "\n" not in repr(res)
+    assert "tensor(" not in str(res)
+
+
+def test_dataloader_equals_tensors(data):
+    model, x, y = data
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    a = minnorm.evaluate(model, loader, "ddn", 2, quick=True, progress=False)
+    b = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, progress=False)
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    assert repr(drop(a.per_sample())) == repr(drop(b.per_sample()))  # (nan != nan)
+
+
+def test_targets_class_and_every_other(data):
+    model, x, y = data
+    one = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=2, progress=False)
+    attacked = one.table["correct"] & (one.table["label"] != 2)
+    assert (one.table["target"] == 2).all()
+    assert not math.isfinite(float(one.table["ddn.norm"][one.table["label"] == 2][0]))  # never attacked (nan)
+    every = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets="all", progress=False)
+    # the smallest norm over every target is at most the one towards class 2
+    finite = attacked & (one.table["ddn.norm"] < math.inf)
+    assert (every.table["ddn.norm"][finite] <= one.table["ddn.norm"][finite] + 1e-6).all()
+    with pytest.raises(ValueError, match="untargeted only"):
+        minnorm.evaluate(model, (x, y), "deepfool-l2", 2, quick=True, targets="all", progress=False)
+
+
+class RecordingBar:
+    seen: list = []
+
+    def __init__(self, *args, total=None, unit=None, **kwargs):
+        RecordingBar.seen = [("total", total, unit)]
+
+    def set_description(self, text):
+        self.seen.append(("desc", text))
+
+    def update(self, n):
+        self.seen.append(("update", n))
+
+    def close(self):
+        pass
+
+
+def test_progress_is_per_sample_and_names_the_attack(data, monkeypatch):
+    import minnorm.evaluation.run as run_module
+
+    monkeypatch.setattr(run_module, "tqdm", RecordingBar)
+    model, x, y = data
+    minnorm.evaluate(model, (x, y), "ddn,fmn-l2", 2, quick=True, progress=True, batch_size=4)
+    seen = RecordingBar.seen
+    assert seen[0] == ("total", 20, "sample")  # 10 samples x 2 attacks
+    assert ("desc", "fmn-l2 (l2), batch 2") in seen
+    assert sum(n for kind, n in seen[1:] if kind == "update") == 20
