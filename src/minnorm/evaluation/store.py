@@ -236,7 +236,8 @@ def read_tensor_file(path: str | os.PathLike, what: str = "file") -> Any:
     except OSError:
         raise
     except Exception as err:  # noqa: BLE001 (the restricted unpickler refuses with several types)
-        raise ValueError(f"{what} {path} cannot be loaded as plain tensors: {_torch_refusal(err)}") from None
+        raise ValueError(f"{what} {path} cannot be loaded as plain tensors (torch.load with weights_only=True): "
+                         f"{_torch_refusal(err)}") from None
 
 
 # --------------------------------------------------------------------------- output folders
