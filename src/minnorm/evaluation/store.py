@@ -838,4 +838,9 @@ class RunStore:
         manifest["status"] = "finished"
         manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.out.write_json(MANIFEST, manifest)
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder's lock (without marking the run finished): for a run that stopped
+        on an error in a process that goes on (the lock is released at exit anyway)."""
         self.out.unlock()
