@@ -1,7 +1,7 @@
 """minnorm: small adversarial perturbations, found fast, turned into honest robustness numbers."""
 from . import attacks, core
 from .core import AttackResult
-from .evaluation import evaluate
+from .evaluation import evaluate, evaluate_norms
 
 __version__ = "0.1.0"
-__all__ = ["AttackResult", "attacks", "core", "evaluate", "__version__"]
+__all__ = ["AttackResult", "attacks", "core", "evaluate", "evaluate_norms", "__version__"]

@@ -109,3 +109,27 @@ def test_progress_is_per_sample_and_names_the_attack(data, monkeypatch):
     assert seen[0] == ("total", 20, "sample")  # 10 samples x 2 attacks
     assert ("desc", "fmn-l2 (l2), batch 2") in seen
     assert sum(n for kind, n in seen[1:] if kind == "update") == 20
+
+
+def test_both_norms_in_one_run(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--norms", "l2,linf", "--attacks",
+                 "ddn,deepfool-linf,fmn-linf", "--quick", "--eps", "linf=8/255,l2=0.5", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "== l2 ==" in printed and "== linf ==" in printed
+    assert "robust accuracy at l2 0.5:" in printed and "robust accuracy at linf 8/255:" in printed
+    l2, linf = minnorm.evaluation.Evaluation.load(out / "l2"), minnorm.evaluation.Evaluation.load(out / "linf")
+    assert l2.attack_names == ["ddn"] and linf.attack_names == ["deepfool-linf", "fmn-linf"]
+    page = (out / "report.html").read_text()
+    assert "<section id='l2'>" in page and "<section id='linf'>" in page and page.count("data:image/png") == 2
+    assert f"robust accuracy at linf 8/255: {100 * linf.robust_accuracy(8 / 255):.1f}%" in page
+    # presets when no attacks are named; an attack of a norm not asked for is refused
+    per = minnorm.evaluation.norms.split_attacks(["l2", "inf"], None)
+    assert set(per) == {"l2", "linf"} and all(per.values())
+    with pytest.raises(ValueError, match="not among the norms"):
+        minnorm.evaluation.norms.split_attacks(["l2"], ["fmn-linf"])
+    assert main(["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--attacks", "ddn",
+                 "--eps", "l2=0.5"]) == 2

@@ -23,8 +23,11 @@ def add_parser(subparsers) -> None:
                "--out out/\n  minnorm evaluate --attacks fgsm,pgd-linf,tr-linf --norm inf --epsilons 0.05,0.1,0.2 "
                "--out out/\n  minnorm evaluate --attacks pgd-l2,ddn --eps-search --param pgd-l2.steps=20 --out out/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--attacks", required=True, metavar="A,B,...", help="registered attack names (minnorm attack --list)")
+    p.add_argument("--attacks", metavar="A,B,...", help="registered attack names (minnorm attack --list); with "
+                                                       "--norms, of any of them (default there: a preset per norm)")
     p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's)")
+    p.add_argument("--norms", metavar="N,N", help="several norms in one run, e.g. l2,linf: one evaluation per norm "
+                                                  "in OUT/<norm>/ and one report with a section per norm")
     p.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE", default=[],
                    help="attack hyper-parameter as a Python literal, e.g. ddn.steps=200; the ATTACK. prefix may "
                         "be left out when only one attack is given (repeatable)")
@@ -36,7 +39,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--n", "--samples", dest="n", type=c.positive_int,
                    help="evaluate the first N samples (default: all); under torchrun write --samples N")
     p.add_argument("--eps", help="radii to report robust accuracy at (headline line and table columns), e.g. "
-                                 "8/255 or 0.5,1.0; fixed-epsilon attacks run there unless --epsilons is given")
+                                 "8/255 or 0.5,1.0; with --norms per norm: linf=8/255,l2=0.5; fixed-epsilon "
+                                 "attacks run there unless --epsilons is given")
     p.add_argument("--targets", help="targeted evaluation: a class index, random, least-likely or all "
                                      "(every other class; a sample's norm is its smallest over them)")
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
@@ -99,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.plan import parse_grid
 
     c.check_out(args.out)  # before anything runs
-    names = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not args.attacks and not args.norms:
+        raise ValueError("name the attacks (--attacks ddn,tr-l2) or the norms (--norms l2,linf: a preset per norm)")
+    names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
     params = attack_params(args.param, names)
-    norm = args.norm if args.norm is not None else specs[0].norm
     epsilons = parse_grid(args.epsilons, "--epsilons") if args.epsilons else None
-    eps = parse_grid(args.eps, "--eps") if args.eps else None
+    eps = parse_eps(args.eps, bool(args.norms))
     targets = None if args.targets is None else (int(args.targets) if args.targets.isdigit() else args.targets)
     grid = parse_grid(args.grid, "--grid") if args.grid else None
     device = c.resolve_device(args.device)
@@ -115,20 +120,47 @@ def run(args: argparse.Namespace) -> int:
         x, y = x[:args.n], y[:args.n]
     model = load_model_checked(args, device)
     x, y = c.fit_data(model, x, y, device, args.data)
-    describe = {"model": {"name": args.model, "weights": args.weights},
-                "data": {"name": args.data, "first": args.n}}
-    ev = evaluation.evaluate(model, (x, y), params, norm, batch_size=args.batch_size, seed=args.seed,
-                             budget=args.budget, epsilons=epsilons, eps_search=args.eps_search,
-                             search_steps=args.search_steps, search_max=args.search_max, grid=grid,
-                             out=args.out, overwrite=args.overwrite, device=device,
-                             save_adversarials=not args.no_adversarials, examples=args.examples,
-                             sanity_margin=args.sanity_margin, quick=args.quick, describe=describe, eps=eps,
-                             targets=targets)
+    shared = dict(batch_size=args.batch_size, seed=args.seed, budget=args.budget, epsilons=epsilons,
+                  eps_search=args.eps_search, search_steps=args.search_steps, search_max=args.search_max, grid=grid,
+                  overwrite=args.overwrite, device=device, save_adversarials=not args.no_adversarials,
+                  examples=args.examples, sanity_margin=args.sanity_margin, quick=args.quick, targets=targets,
+                  describe={"model": {"name": args.model, "weights": args.weights},
+                            "data": {"name": args.data, "first": args.n}})
+    if args.norms:
+        norms = [n.strip() for n in args.norms.split(",") if n.strip()]
+        results = evaluation.evaluate_norms(model, (x, y), norms, params if names else None, eps=eps,
+                                            out=args.out, **shared)
+    else:
+        norm = args.norm if args.norm is not None else specs[0].norm
+        results = {"": evaluation.evaluate(model, (x, y), params, norm, out=args.out, eps=eps, **shared)}
     if int(os.environ.get("RANK", "0")) == 0:
-        print_evaluation(ev)
+        for norm, ev in results.items():
+            if norm:
+                print(f"\n== {norm} ==")
+            print_evaluation(ev)
         if args.out:
-            print(f"wrote {args.out}/: results.json samples.csv summary.csv summary.md plots/ report.html")
+            print(f"wrote {args.out}/: results.json samples.csv summary.csv summary.md plots/ report.html"
+                  + (" (one folder per norm, report.html over all)" if args.norms else ""))
     return 0
+
+
+def parse_eps(text: str | None, per_norm: bool):
+    """``8/255,0.1`` (one norm) or ``linf=8/255,l2=0.5`` (with --norms)."""
+    from ..evaluation.plan import parse_grid
+
+    if not text:
+        return None
+    if not per_norm:
+        if "=" in text:
+            raise ValueError("--eps NORM=RADIUS needs --norms; with one norm give the radii alone, e.g. --eps 8/255")
+        return parse_grid(text, "--eps")
+    out: dict[str, list[float]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        norm, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--eps with --norms: give NORM=RADIUS items, e.g. linf=8/255,l2=0.5; got {item!r}")
+        out.setdefault(norm.strip(), []).append(value.strip())
+    return {n: parse_grid(",".join(v), f"--eps {n}") for n, v in out.items()}
 
 
 def print_evaluation(ev) -> None:

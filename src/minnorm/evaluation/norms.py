@@ -1,0 +1,94 @@
+"""Both norms in one run: one evaluation per norm, in ``OUT/<norm>/``, and one report over them.
+
+Attacks are given as names of any norms (each goes to the evaluation of its registry norm) or
+left out, in which case each norm gets its default ensemble (``PRESETS``). Every other setting
+is shared; the radii of interest are per norm (``{"linf": [8/255], "l2": [0.5]}``).
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..core import parse_norm
+from .plan import norm_name
+from .results import Evaluation
+
+# Cheap and strong minimal-norm attacks per norm (documented in docs/evaluation.md).
+PRESETS = {"l2": ["ddn", "fmn-l2", "tr-l2"], "linf": ["fmn-linf", "tr-linf", "deepfool-linf"],
+           "l1": ["fmn-l1", "fab-l1"]}
+
+
+def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -> dict[str, list[str]]:
+    """``{norm name: attack names}``: the attacks of each norm, or its preset."""
+    from .. import attacks as registry
+
+    wanted = [norm_name(parse_norm(n)) for n in norms]
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"norms are listed twice: {list(norms)}")
+    if attacks is None:
+        missing = [n for n in wanted if n not in PRESETS]
+        if missing:
+            raise ValueError(f"no default attacks for {', '.join(missing)}; name them with --attacks")
+        return {n: [a for a in PRESETS[n] if a in registry.available()] for n in wanted}
+    per: dict[str, list[str]] = {n: [] for n in wanted}
+    for name in attacks:
+        norm = registry.get(name).norm_name
+        if norm not in per:
+            raise ValueError(f"attack {name!r} works in {norm}, which is not among the norms {', '.join(wanted)}")
+        per[norm].append(name)
+    empty = [n for n, a in per.items() if not a]
+    if empty:
+        raise ValueError(f"no attack given for {', '.join(empty)}; add one (e.g. {PRESETS.get(empty[0], ['?'])[0]})")
+    return per
+
+
+def evaluate_norms(model, data, norms: Sequence[float | str], attacks: Sequence[str] | Mapping[str, Any] | None = None,
+                   *, eps: Mapping[str, Sequence[float]] | None = None, out: str | os.PathLike | None = None,
+                   **kwargs: Any) -> dict[str, Evaluation]:
+    """One :func:`~minnorm.evaluate` per norm (same data, model, seed and settings); with ``out``
+    each is saved in ``out/<norm>`` and ``out/report.html`` / ``out/summary.md`` show them all.
+    ``attacks`` may map names to parameters; ``eps`` maps a norm name to its radii."""
+    from .run import evaluate
+
+    params = dict(attacks) if isinstance(attacks, Mapping) else {a: {} for a in attacks or []}
+    plan = split_attacks(norms, list(params) if attacks is not None else None)
+    eps = {norm_name(parse_norm(k)): v for k, v in (eps or {}).items()}
+    unknown = set(eps) - set(plan)
+    if unknown:
+        raise ValueError(f"--eps is given for {', '.join(sorted(unknown))}, which is not among the norms")
+    results = {}
+    for norm, names in plan.items():
+        folder = None if out is None else Path(out) / norm
+        results[norm] = evaluate(model, data, {a: params.get(a, {}) for a in names}, norm, eps=eps.get(norm),
+                                 out=folder, **kwargs)
+    if out is not None:
+        write_overview(results, Path(out))
+    return results
+
+
+def write_overview(results: dict[str, Evaluation], folder: Path) -> None:
+    """``report.html`` and ``summary.md`` over the per-norm runs: a section per norm."""
+    from .report import _data_uri, table_cells
+    from .store import OutputFolder
+
+    md, page = ["# Robustness evaluation, one section per norm", ""], []
+    for norm, ev in results.items():
+        head, rows = table_cells(ev)
+        md += [f"## {norm}", "", *[f"- {h}" for h in ev.headlines()], "",
+               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(r) + " |" for r in rows] + ["", f"Full report: [{norm}/report.html]({norm}/report.html)", ""]
+        plot = folder / norm / "plots" / "robust_accuracy.png"
+        img = f"<img alt='robust accuracy, {norm}' src='{_data_uri(plot)}'>" if plot.is_file() else ""
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        page.append(f"<section id='{norm}'><h2>{norm}</h2>"
+                    + "".join(f"<p><b>{html.escape(h)}</b></p>" for h in ev.headlines())
+                    + "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + cells
+                    + f"</table>{img}<p><a href='{norm}/report.html'>full {norm} report</a></p></section>")
+    style = "body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:3px 6px}table{border-collapse:collapse}"
+    with OutputFolder(folder).lock() as out:
+        out.write_text("summary.md", "\n".join(md) + "\n")
+        out.write_text("report.html", "<!DOCTYPE html><html><head><meta charset='utf-8'><title>minnorm evaluation"
+                       f"</title><style>{style}</style></head><body><h1>Robustness evaluation</h1>"
+                       + "".join(page) + "</body></html>\n")
