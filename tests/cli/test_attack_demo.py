@@ -212,3 +212,13 @@ def test_attack_reports_relative_perturbation(tmp_path, data_file, capsys):
     assert summary["relative_mean"] == pytest.approx(float(rel.mean()), rel=1e-5)
     assert summary["relative_worst"] == pytest.approx(float(rel.max()), rel=1e-5)
     assert summary["seconds_per_sample"] > 0
+
+
+def test_attack_towards_one_class(tmp_path, data_file):
+    path, _, y = data_file
+    out = tmp_path / "out"
+    assert main(["attack", "--attack", "ddn", "--quick", "--target", "1", "--model", MODEL, "--data", path,
+                 "--out", str(out)]) == 0
+    saved = torch.load(out / "adversarials.pt", weights_only=True)
+    assert bool((saved["targets"] == 1).all()) and bool((saved["labels"] != 1).all())
+    assert bool((saved["predictions"] == 1).any())

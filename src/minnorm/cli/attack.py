@@ -40,8 +40,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--correct-only", action="store_true",
                    help="keep only samples the model classifies correctly before taking the first N")
     p.add_argument("--targeted", action="store_true", help="targeted attack (targets from --target-mode)")
-    p.add_argument("--target-mode", choices=["random", "least-likely"], default="random",
-                   help="how targets are chosen (default: random, seeded by --seed)")
+    p.add_argument("--target-mode", choices=["random", "least-likely", "all"], default="random",
+                   help="how targets are chosen: a random other class (seeded by --seed), the least likely "
+                        "clean class, or every other class in turn (default: random)")
+    p.add_argument("--target", type=int, metavar="CLASS", help="targeted attack towards this class (samples of "
+                                                               "that class are not attacked)")
     p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample (a hard cap)")
     p.add_argument("--out", help="output folder (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     params = c.parse_params(args.param)
     if "eps" in params:
         raise ValueError("give the radius with --eps, not --param eps=...")
+    if args.target is not None:
+        args.targeted = True
     if args.targeted and not spec.targeted:
         raise ValueError(f"{spec.name} does not support targeted attacks")
     spec.check_params(params)
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         model, (x, y), {spec.name: params}, spec.norm, batch_size=args.batch_size, seed=args.seed,
         budget=args.budget, epsilons=None if spec.minimal else [eps], grid=[eps] if eps is not None else None,
         out=args.out, overwrite=args.overwrite, device=device, quick=args.quick, keep_tensors=True,
-        targets=args.target_mode if args.targeted else None,
+        targets=(args.target if args.target is not None else args.target_mode) if args.targeted else None,
         describe={"model": {"name": args.model, "weights": args.weights},
                   "data": {"name": args.data, "first": args.n, "correct_only": args.correct_only}})
     _print(ev, spec, eps, args)
