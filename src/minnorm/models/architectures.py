@@ -61,6 +61,12 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+def normalized(model: nn.Module, mean: Sequence[float] | float, std: Sequence[float] | float) -> nn.Module:
+    """``model`` behind a :class:`Normalize` layer, in eval mode: inputs stay in the [0, 1] box
+    the attacks work in (Foolbox's ``preprocessing=dict(mean=..., std=...)``)."""
+    return nn.Sequential(Normalize(mean, std), model).eval()
+
+
 class SmallCNN(nn.Sequential):
     """Two conv blocks (two 3x3 convs + 2x2 max-pool each), then two dense layers.
 
