@@ -98,10 +98,15 @@ def test_labels_out_of_range_are_refused_by_evaluate():
     assert ev.clean_accuracy == 1.0
 
 
-def test_compare_refuses_two_norms(data_file, tmp_path, capsys):
-    """Item 16: an L2 and an Linf run on one epsilon axis."""
+def test_compare_keeps_two_norms_apart(data_file, tmp_path, capsys):
+    """Item 16: an L2 and an Linf run on one epsilon axis. Since issue 14 compare puts runs of
+    different norms in separate tables and panels, and refuses one radius for both."""
     base = ["evaluate", "--model", MODEL, "--data", data_file[0], "--device", "cpu", "--quick"]
     assert main(base + ["--attacks", "ddn", "--out", str(tmp_path / "l2")]) == 0
     assert main(base + ["--attacks", "deepfool-linf", "--out", str(tmp_path / "linf")]) == 0
-    assert main(["compare", str(tmp_path / "l2"), str(tmp_path / "linf")]) == 2
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "l2"), str(tmp_path / "linf"), "--eps", "0.1"]) == 2
     assert "norm" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "l2"), str(tmp_path / "linf"), "--eps", "l2=0.5,linf=8/255"]) == 0
+    out = capsys.readouterr().out
+    assert "l2: robust accuracy at eps = 0.5" in out and "linf: robust accuracy at eps = 8/255" in out
