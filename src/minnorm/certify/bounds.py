@@ -61,6 +61,7 @@ def concretize(a: torch.Tensor, c: torch.Tensor, x0: torch.Tensor, radius: torch
                bounds: tuple[float, float] | None, chunk: int = 4096) -> torch.Tensor:
     """``min a.x + c`` over ``{||x - x0||_p <= r} ∩ box`` per row: ``a`` ``[B, n, M]``, ``c``
     ``[B, M]``, ``x0`` ``[B, n]``, ``radius`` ``[B]`` -> ``[B, M]``. Exact (up to rounding)."""
+    a = a.expand(c.shape[0], *a.shape[1:])  # forms before the first ReLU are shared by the batch
     base = c + torch.einsum("bnm,bn->bm", a, x0)
     if math.isinf(p) and bounds is not None:
         dl = torch.maximum(-radius[:, None], bounds[0] - x0)
@@ -82,10 +83,10 @@ def concretize(a: torch.Tensor, c: torch.Tensor, x0: torch.Tensor, radius: torch
 
 
 def _concrete(form: _Form, x0, radius, p, bounds) -> tuple[torch.Tensor, torch.Tensor]:
-    b, n = form.al.shape[:2]
+    b, n = form.cl.shape[0], form.al.shape[1]
     shape = form.cl.shape[1:]
-    lo = concretize(form.al.reshape(b, n, -1), form.cl.reshape(b, -1), x0, radius, p, bounds)
-    up = -concretize(-form.au.reshape(b, n, -1), -form.cu.reshape(b, -1), x0, radius, p, bounds)
+    lo = concretize(form.al.reshape(form.al.shape[0], n, -1), form.cl.reshape(b, -1), x0, radius, p, bounds)
+    up = -concretize(-form.au.reshape(form.au.shape[0], n, -1), -form.cu.reshape(b, -1), x0, radius, p, bounds)
     return lo.view(b, *shape), up.view(b, *shape)
 
 
@@ -139,7 +140,8 @@ def _pair(v):
 
 def _maxpool(op, f: _Form, l, u) -> _Form:
     m = op.module
-    b, n = f.al.shape[:2]
+    b, n = f.cl.shape[0], f.al.shape[1]
+    f = _Form(f.al.expand(b, *f.al.shape[1:]), f.cl, f.au.expand(b, *f.au.shape[1:]), f.cu)
     lw, uw = _windows(l, m, -math.inf), _windows(u, m, -math.inf)
     best = lw.argmax(2, keepdim=True)  # the member with the largest lower bound
     lbest = lw.gather(2, best)
@@ -178,7 +180,7 @@ def propagate(graph: Graph, x0: torch.Tensor, radius: torch.Tensor, p: float,
     b = x0.shape[0]
     n = x0[0].numel()
     flat = x0.reshape(b, n)
-    eye = torch.eye(n, dtype=x0.dtype, device=x0.device).view(1, n, *x0.shape[1:]).expand(b, n, *x0.shape[1:])
+    eye = torch.eye(n, dtype=x0.dtype, device=x0.device).view(1, n, *x0.shape[1:])  # batch dim 1: shared
     zero = torch.zeros_like(x0)
     forms: list[_Form] = []
     neurons: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -203,7 +205,8 @@ def propagate(graph: Graph, x0: torch.Tensor, radius: torch.Tensor, p: float,
     if spec is not None:
         f = forms[-1]
         cp, cn = spec.clamp(min=0), spec.clamp(max=0)
-        a = torch.einsum("bsk,bnk->bns", cp, f.al) + torch.einsum("bsk,bnk->bns", cn, f.au)
+        al, au = f.al.expand(b, *f.al.shape[1:]), f.au.expand(b, *f.au.shape[1:])
+        a = torch.einsum("bsk,bnk->bns", cp, al) + torch.einsum("bsk,bnk->bns", cn, au)
         c = torch.einsum("bsk,bk->bs", cp, f.cl) + torch.einsum("bsk,bk->bs", cn, f.cu)
         spec_lower = concretize(a, c, flat, radius, p, bounds)
         return Bounds(neurons, spec_lower, (a, c))
@@ -212,7 +215,7 @@ def propagate(graph: Graph, x0: torch.Tensor, radius: torch.Tensor, p: float,
 
 def certified_radius(graph: Graph, x0: torch.Tensor, labels: torch.Tensor, p: float,
                      bounds: tuple[float, float] | None, high: torch.Tensor, rounds: int = 6,
-                     steps: int = 30) -> torch.Tensor:
+                     steps: int = 20) -> torch.Tensor:
     """A radius ``r <= high`` per sample such that every margin ``f_y - f_j`` is proven positive on
     ``{||x - x0||_p <= r} ∩ box``; 0 where the clean point itself is not proven (misclassified).
 

@@ -8,6 +8,8 @@ cutoff), or ``limit`` (time ran out: the bracket ``[bound, objective]``).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -49,10 +51,25 @@ def _finite(v: np.ndarray, inf: float) -> np.ndarray:
     return np.clip(v, -inf, inf)
 
 
+def _new_highs():
+    """A HiGHS instance; its constructor prints a banner on the C-level stdout, silenced here."""
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _highs(problem: Problem, time_limit: float, relax: bool = False):
     import highspy
 
-    h = highspy.Highs()
+    h = _new_highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
     h.setOptionValue("time_limit", max(float(time_limit), 0.01))
