@@ -245,3 +245,22 @@ def test_reports_are_all_or_nothing(ws, capsys, monkeypatch, finished):
         main(["report", str(ws.out)])
     assert ws.state(ws.out) == before
     assert not [p for p in ws.out.iterdir() if p.name.startswith(".minnorm-staging")]
+
+
+# --------------------------------------------------------------------------- output files of other commands
+
+def test_train_and_robustness_refuse_bad_output_paths_before_any_work(ws, capsys):
+    victim = ws.root / "victim.json"
+    victim.write_text("precious")
+    (ws.root / "link.json").symlink_to(victim)
+    data = ws.data_file()
+    argv = ["robustness", "--model", "hostile_model:make", "--data", str(data), "--device", "cpu",
+            "--json", str(ws.root / "link.json")]
+    ws.refused(argv, capsys, "--json", "symbolic link")
+    ws.out.write_text("a file")
+    argv = ["train", "--data", str(data), "--test-data", str(data), "--epochs", "1", "--out", str(ws.out)]
+    ws.refused(argv, capsys, "--out", "not a folder")
+    argv = ["train", "--data", str(data), "--test-data", str(data), "--epochs", "1", "--out", str(ws.root / "t"),
+            "--export", str(ws.root / "w.pt")]
+    ws.refused(argv, capsys, "--export must end in .safetensors")
+    assert not (ws.root / "t").exists()

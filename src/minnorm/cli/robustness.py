@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..evaluation.store import write_json
+from ..evaluation.store import check_out_file, write_json
 from . import _common as c
 
 
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.robustness import robustness_measures
 
     norm = parse_norm(args.norm)
+    if args.json:
+        check_out_file(args.json, "--json")
     device = c.resolve_device(args.device)
     model = c.load_model(args.model, args.weights, device)
     x, y = c.load_data(args.data, model, device)

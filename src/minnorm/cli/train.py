@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.store import write_json
+from ..evaluation.store import check_out_file, write_json
 from . import _common as c
 
 _DATASETS = {"fashion-mnist", "cifar10"}
@@ -117,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     from ..training import accuracy, train
 
     make_activation(args.activation)  # fail before loading data
+    c.check_out(args.out or f"out/train-{args.model}")  # before hours of training, not after
+    if args.export:
+        if Path(args.export).suffix != ".safetensors":
+            raise ValueError(f"--export must end in .safetensors, got {args.export}")
+        check_out_file(args.export, "--export")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = c.resolve_device(args.device)

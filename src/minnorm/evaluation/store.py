@@ -292,6 +292,21 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
+def check_out_file(path: str | os.PathLike, what: str) -> Path:
+    """Pre-flight check of an output file (``--export``, ``--json``): refuses a path that is a
+    folder or a symbolic link, or whose folder is not (and cannot be made) writable."""
+    path = Path(path)
+    if os.path.islink(path):
+        raise UnsafeOutput(f"{what} {path} is a symbolic link; refusing to write through it")
+    if path.is_dir():
+        raise UnsafeOutput(f"{what} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        check_out_dir(path.parent, f"the folder of {what}")
+    elif not _writable(path.parent):
+        raise UnsafeOutput(f"{what} {path}: {path.parent} is not writable")
+    return path
+
+
 def _split(rel: str) -> tuple[list[str], str]:
     parts = [p for p in str(rel).replace(os.sep, "/").split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts) or os.path.isabs(rel):
