@@ -367,3 +367,25 @@ def test_min_step_to_hyperplane_without_box_is_holder(p):
     assert bool(feasible.all())
     torch.testing.assert_close(lp_norm(d, p), c.abs() / lp_norm(w, dual_exponent(p)))
     torch.testing.assert_close((w * d).sum(1), c)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_project_l2_box_matches_qp(seed):
+    from minnorm.core.norms import project_l2_box
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(3, 6, generator=g, dtype=torch.float64) * 0.8
+    x = torch.rand(3, 6, generator=g, dtype=torch.float64)
+    x[:, :2] = torch.tensor([0.0, 1.0], dtype=torch.float64)  # on the faces: the box binds
+    r = torch.rand(3, generator=g, dtype=torch.float64)
+    d = project_l2_box(v, r, x, (0.0, 1.0))
+    assert bool((lp_norm(d, 2) <= r * (1 + 1e-12)).all())
+    assert bool(((x + d >= -1e-15) & (x + d <= 1 + 1e-15)).all())
+    for i in range(3):
+        vi, xi, ri = v[i].numpy(), x[i].numpy(), float(r[i])
+        res = minimize(lambda z, vi=vi: ((z - vi) ** 2).sum(), np.zeros(6), bounds=list(zip(-xi, 1 - xi)),
+                       constraints=[{"type": "ineq", "fun": lambda z, ri=ri: ri ** 2 - (z ** 2).sum()}],
+                       method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000})
+        assert float(((d[i] - v[i]) ** 2).sum()) <= res.fun + 1e-9
+    # the ball-then-clip shortcut is worse on some of these
+    short = (x + project_lp_ball(v, 2, r)).clamp(0, 1) - x
+    assert bool((((short - v) ** 2).sum(1) >= ((d - v) ** 2).sum(1) - 1e-12).all())

@@ -9,7 +9,7 @@ import torch
 
 from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
-from ..core.norms import project_l1_box
+from ..core.norms import project_l1_box, project_l2_box
 from ._minimal import BestTracker, dlr_objective, refine_on_segment, safe_grad, top_other_classes
 from .fgsm import loss_objective
 from .pgd import margin_objective, sparse_l1_direction
@@ -38,7 +38,7 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     ``z = P(x^k + eta s(g))``, ``x^(k+1) = P(x^k + momentum (z - x^k) + (1 - momentum)(x^k -
     x^(k-1)))`` (eq. (2)) with ``s`` the steepest-ascent direction of the norm (sign for Linf,
     ``g / ||g||_2`` for L2, the sparse top-``sparsity`` step of l1-APGD for L1) and ``P`` the
-    projection onto the eps-ball and the box (exact for L1 and Linf). ``eta`` starts at ``2 eps``
+    projection onto the eps-ball and the box (exact, ``core.norms``). ``eta`` starts at ``2 eps``
     and halves at the checkpoints of Sec. 3.2 when fewer than ``rho`` of the steps since the last
     one increased the loss, or when neither ``eta`` nor the best loss changed; a halving restarts
     from the best-loss point. A round ends at its first adversarial point (its norm becomes the
@@ -254,10 +254,12 @@ class _Search:
         return sparse_l1_direction(g, x, self.run.bounds, k)
 
     def _project(self, r: torch.Tensor, point: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Onto the eps-ball around the input and the box (exact for L1 and Linf)."""
+        """Onto the eps-ball around the input and the box, exactly."""
         x0, p, (lo, hi) = self.x0[r], self.run.norm, self.run.bounds
         if p == 1:
             return x0 + project_l1_box(point - x0, eps, x0, (lo, hi))
+        if p == 2:
+            return x0 + project_l2_box(point - x0, eps, x0, (lo, hi))
         return (x0 + project_lp_ball(point - x0, p, eps)).clamp(lo, hi)
 
 

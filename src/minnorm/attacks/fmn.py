@@ -7,8 +7,8 @@ import torch
 
 from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
-from ..core.norms import project_l1_box
-from ._minimal import BestTracker, cosine, refine_on_segment, safe_grad
+from ..core.norms import project_l1_box, project_l2_box
+from ._minimal import BestTracker, cosine, refine_on_segment, safe_grad, top_other_classes
 from .pgd import margin_objective
 
 __all__ = ["fmn"]
@@ -17,7 +17,8 @@ _ALPHA = {1.0: 5.0, 2.0: 1.0, math.inf: 10.0}  # initial step (L2 length of the 
 
 
 def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2, targeted: bool = False,
-        steps: int = 1000, alpha_init: float | None = None, alpha_final: float | None = None, gamma_init: float = 0.05,
+        steps: int = 1000, targets: int | None = None, alpha_init: float | None = None,
+        alpha_final: float | None = None, gamma_init: float = 0.05,
         gamma_final: float = 0.001, refine: int = 10, bounds: tuple[float, float] = (0.0, 1.0),
         generator: torch.Generator | None = None) -> AttackResult:
     """FMN, Algorithm 1 of the paper: alternate a gradient step on the logit-difference loss with a
@@ -35,8 +36,13 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
       (a deviation from Alg. 1, the same one minnorm's DDN makes).
     - ``delta += alpha_k g / ||g||_2`` (line 11; the authors normalise in L2 for every norm),
       then projection onto ``{||delta||_p <= eps}`` and the box (lines 12-13). For L1 the
-      projection onto the ball and the box together is exact (``project_l1_box``); Linf clamps,
-      which is exact; L2 projects on the ball and clips.
+      projection onto the ball and the box together is exact (``project_l1_box``,
+      ``project_l2_box``; Linf clamps, which is exact); Alg. 1 projects on the ball, then clips.
+
+    ``targets=k`` (not in the paper; the FAB-T / APGD-T idea) splits ``steps`` over ``k`` runs, each
+    on the margin ``z_t - z_y`` to one of the ``k`` largest clean logits besides the label (success
+    is still any misclassification); a later run starts at the radius of the best adversarial so
+    far, so it only looks for smaller ones.
 
     ``gamma_k`` and ``alpha_k`` are cosine-annealed from ``gamma_init``/``alpha_init`` to
     ``gamma_final``/``alpha_final`` (default ``alpha_init / 100``). ``alpha_init`` defaults per
@@ -46,6 +52,8 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     ``generator`` only breaks ties on flat (zero-gradient) points.
     """
     steps = check_int("steps", steps)
+    if targets is not None:
+        targets = check_int("targets", targets)
     refine = check_int("refine", refine, minimum=0)
     gamma_init = check_positive("gamma_init", gamma_init)
     gamma_final = check_positive("gamma_final", gamma_final)
@@ -61,20 +69,28 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
         return run.finish(inputs.clone())
     done = tracker.update(torch.arange(run.batch_size, device=inputs.device), run.inputs, run.clean_logits)
     index = (~done).nonzero().squeeze(1)
-    if len(index):
-        _search(run, tracker, index, steps, (alpha_init, alpha_final), (gamma_init, gamma_final))
-        refine_on_segment(run, tracker, index, refine)
+    if len(index) == 0:
+        return run.finish(tracker.best)
+    schedule = ((alpha_init, alpha_final), (gamma_init, gamma_final))
+    if targets is None or run.targeted or run.num_classes < 3:
+        _search(run, tracker, index, steps, *schedule)
+    else:
+        top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
+        for j in range(top.shape[1]):
+            _search(run, tracker, index, max(steps // top.shape[1], 2), *schedule, towards=top[:, j])
+    refine_on_segment(run, tracker, index, refine)
     return run.finish(tracker.best)
 
 
 def _search(run, tracker: BestTracker, index: torch.Tensor, steps: int, alphas: tuple[float, float],
-            gammas: tuple[float, float]) -> None:
-    """The loop of Algorithm 1 on the rows ``index`` (all of them run ``steps`` steps)."""
+            gammas: tuple[float, float], towards: torch.Tensor | None = None) -> None:
+    """The loop of Algorithm 1 on the rows ``index`` (all of them run ``steps`` steps), towards the
+    classes ``towards`` if given. A sample with an adversarial already starts at its norm."""
     x, p = run.inputs[index], run.norm
     q = dual_exponent(p)
     objective = margin_objective(run.labels[index], run.targeted)
     delta = torch.zeros_like(x)
-    eps = torch.zeros(len(index), dtype=x.dtype, device=x.device)
+    eps = torch.nan_to_num(tracker.norms[index].clone(), posinf=0.0)
     tiny = torch.finfo(x.dtype).tiny
     for k in range(steps):
         point = x + delta
@@ -104,9 +120,11 @@ def _free(grad: torch.Tensor, point: torch.Tensor, bounds: tuple[float, float]) 
 
 def _project(delta: torch.Tensor, p: float, eps: torch.Tensor, x: torch.Tensor,
              bounds: tuple[float, float]) -> torch.Tensor:
-    """Onto {||delta||_p <= eps} and the box (exact for L1 and Linf, ball-then-clip for L2)."""
+    """Onto {||delta||_p <= eps} and the box, exactly (Alg. 1 projects on the ball, then clips)."""
     if p == 1:
         return project_l1_box(delta, eps, x, bounds)
+    if p == 2:
+        return project_l2_box(delta, eps, x, bounds)
     return (x + project_lp_ball(delta, p, eps)).clamp(*bounds) - x
 
 
