@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core import AttackResult, check_int, check_positive, clip_box, register, start_attack
+from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
 from ..core.norms import holder_step_in_box
 from .deepfool import linear_boundary_steps
 from .noise import per_sample_eps
@@ -83,12 +83,9 @@ def _linearise(run, x: torch.Tensor, index: torch.Tensor, pieces) -> tuple[torch
         if rows.numel() == 0:
             return hit, x.new_zeros(0, 1), x.new_zeros(0, 1, *x.shape[1:])
         values = pieces(logits[rows], run.labels[index[rows]])
-        grads = []
-        for j in range(values.shape[1]):
-            (g,) = torch.autograd.grad(values[:, j].sum(), xg, retain_graph=j < values.shape[1] - 1)
-            grads.append(g[rows])
-            run.model.count_backward(index[rows])
-    return hit, values.detach(), torch.stack(grads, 1)
+        grads = per_objective_gradients(values, xg, rows)
+        run.model.charge(index[rows], backward=values.shape[1])
+    return hit, values.detach(), grads
 
 
 def gnii_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | torch.Tensor,

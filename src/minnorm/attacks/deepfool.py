@@ -10,7 +10,7 @@ import math
 import torch
 
 from ..core import AttackResult, check_int, check_positive, clip_box, holder_direction, lp_norm, parse_norm
-from ..core import dual_exponent, register, start_attack
+from ..core import dual_exponent, per_objective_gradients, register, start_attack
 
 __all__ = ["deepfool", "linear_boundary_steps"]
 
@@ -105,13 +105,10 @@ def deepfool(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
             # the backward compute is wasted once, but they are not charged, as one by one.
             kept = logits[rows]
             diff = kept.gather(1, cand[index]) - kept.gather(1, y[index, None])
-            grads = []
-            for j in range(num):
-                (g,) = torch.autograd.grad(diff[:, j].sum(), xa, retain_graph=j < num - 1)
-                grads.append(g[rows])
-                run.model.count_backward(index)
+            grads = per_objective_gradients(diff, xa, rows)
+            run.model.charge(index, backward=num)
         # The 1e-4 pad pushes past the boundary even without overshoot (authors' code).
-        distances, steps = linear_boundary_steps(-diff.detach(), torch.stack(grads, 1), run.norm, pad=1e-4)
+        distances, steps = linear_boundary_steps(-diff.detach(), grads, run.norm, pad=1e-4)
         nearest = distances.argmin(dim=1)
         step = steps[torch.arange(len(index), device=x0.device), nearest]
         x_adv[index] = clip_box(x_adv[index] + (1 + overshoot) * step, run.bounds)

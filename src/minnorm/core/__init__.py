@@ -1,5 +1,6 @@
 """The contract every attack obeys (see DESIGN.md): results, lp geometry, counting, checks, registry."""
 from .best import BestAdversarial
+from .gradients import per_objective_gradients
 from .counting import CountedModel, PassBudgetExceeded, call_with_budget
 from .norms import (batch_view, clip_box, dual_exponent, holder_direction, lp_norm, parse_norm,
                     project_lp_ball, relative_perturbation, scale_to_norm)
@@ -12,7 +13,8 @@ from .validation import (check_batch, check_bounds, check_inputs, check_int, che
 
 __all__ = [
     "AttackResult", "AttackRun", "AttackSpec", "BestAdversarial", "CountedModel", "EPS_ATOL", "EPS_RTOL",
-    "PassBudgetExceeded", "available", "batch_view", "broken_within", "call_with_budget", "check_eval_mode",
+    "PassBudgetExceeded", "available", "per_objective_gradients",
+    "batch_view", "broken_within", "call_with_budget", "check_eval_mode",
     "check_radius", "parse_fraction", "radius_limit", "radius_text", "check_label_range",
     "check_batch", "check_bounds", "check_inputs", "check_int", "check_logits", "check_positive", "clip_box", "dual_exponent",
     "get", "holder_direction", "is_adversarial", "lp_norm", "make_generator", "parse_norm", "project_lp_ball",
