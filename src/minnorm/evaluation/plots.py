@@ -104,7 +104,7 @@ def _style_axes(ax, grid: Sequence[float], norm: Any) -> None:
 
 def robust_accuracy_plot(evaluation, path: Path) -> Path:
     """Robust accuracy versus epsilon for every attack, with the best of all (black, thin, drawn
-    behind the attacks so a curve lying on it stays visible) and a grey band spanning the attacks'
+    behind the attacks so a curve lying on it stays visible) and a shaded band spanning the attacks'
     curves (where it is wide, the choice of attack matters)."""
     plt = _pyplot()
     ev = evaluation
@@ -114,7 +114,7 @@ def robust_accuracy_plot(evaluation, path: Path) -> Path:
     every = max(1, len(grid) // 12)
     if len(ev.attack_names) > 1:
         stack = 100 * np.array([lines[a] for a in ev.attack_names])
-        ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color="0.6", alpha=0.25, lw=0, zorder=0,
+        ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color="tab:purple", alpha=0.15, lw=0, zorder=0,
                         label="spread of the attacks")
     ax.plot(grid, [100 * v for v in lines[ALL]], color="black", lw=1.2, zorder=1, label=f"{ALL} (best of all)")
     for i, a in enumerate(ev.attack_names):

@@ -174,7 +174,7 @@ GLOSSARY = [
     ("passes/sample", "forward plus backward passes per attacked sample (All: all attacks together)."),
     ("over budget", "samples that reached the pass budget (--budget, per sample and attack); each keeps the best "
      "adversarial found within the budget, so a high count means the attack may be stronger with more passes."),
-    ("spread of the attacks", "the grey band of the robust-accuracy figure: between the strongest and the weakest "
+    ("spread of the attacks", "the light purple band of the robust-accuracy figure: between the strongest and the weakest "
      "attack's curve at each radius. Where it is wide, the choice of attack changes the number."),
 ]
 
@@ -315,7 +315,8 @@ def confusion_cells(ev, preds) -> tuple[list[str], list[list[str]]] | None:
         return None
     names = class_names(ev.config.get("data"))
     head = ["true \\ adversarial"] + [class_label(k, names) for k in classes]
-    return head, [[class_label(k, names)] + [str(v) for v in counts[i]] for i, k in enumerate(classes)]
+    return head, [[class_label(k, names)] + [str(v) for v in counts[i]] for i, k in enumerate(classes)
+                  if counts[i].sum()]  # rows of the classes with correctly classified samples
 
 
 # --------------------------------------------------------------------------- Markdown and HTML
@@ -367,8 +368,9 @@ def _confusion_html(ev, preds) -> str:
         return f"<p class='note'>{html.escape(NO_PREDICTIONS)}</p>"
     head, rows = conf
     body = []
-    for i, r in enumerate(rows):
-        cells = "".join(f"<td class='{'diag' if j == i else ('hit' if v != '0' else '')}'>{v}</td>"
+    for r in rows:
+        k = head.index(r[0]) - 1  # the row's class, as a column
+        cells = "".join(f"<td class='{'diag' if j == k else ('hit' if v != '0' else '')}'>{v}</td>"
                         for j, v in enumerate(r[1:]))
         body.append(f"<tr><th>{html.escape(r[0])}</th>{cells}</tr>")
     return (f"<p>{html.escape(CONFUSION_NOTE)}</p><table class='confusion'><tr>"
@@ -376,7 +378,7 @@ def _confusion_html(ev, preds) -> str:
 
 
 CAPTIONS = {"robust_accuracy": "Robust accuracy versus epsilon: each attack with its own colour, line style and "
-                               "markers; the best of all attacks in thin black, drawn behind them; the grey band "
+                               "markers; the best of all attacks in thin black, drawn behind them; the light purple band "
                                "spans the attacks' curves.",
             "norm_histograms": "Per-sample norms found by each attack",
             "examples": "Examples: clean image (index, true class), then each attack's adversarial (with the class "
