@@ -85,8 +85,61 @@ def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- model and data
 
-def load_model(spec: str, weights: str | None = None, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A shipped model name (``cnn``, ``mlp``, ...) or ``pkg.mod:factory``; ``weights`` is loaded on top.
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Bring-your-own-model options shared by the commands that load a model."""
+    parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE", default=[],
+                        help="keyword argument for a pkg.module:factory model, e.g. width=64 (repeatable)")
+    parser.add_argument("--normalize", metavar="MEAN/STD",
+                        help="put a Normalize layer in front of the model (inputs stay in [0, 1]): per-channel "
+                             "mean and std, e.g. 0.4914,0.4822,0.4465/0.2471,0.2435,0.2616 (Foolbox's preprocessing)")
+    parser.add_argument("--input-shape", metavar="C,H,W", help="reshape flat data rows to this shape, e.g. 1,28,28")
+
+
+def model_from_args(args: argparse.Namespace, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """``--model``/``--weights``/``--model-arg``/``--normalize``: weights load into the user's
+    model first, then the Normalize layer goes in front."""
+    model = load_model(args.model, args.weights, device, parse_params(getattr(args, "model_arg", None)))
+    if getattr(args, "normalize", None):
+        from ..models import normalized
+
+        model = normalized(model, *parse_normalize(args.normalize)).to(device)
+    return model
+
+
+def parse_normalize(text: str) -> tuple[list[float], list[float]]:
+    """``MEAN/STD`` with comma-separated channels (``0.5/0.25`` or ``0.1,0.2,0.3/0.3,0.3,0.3``)."""
+    mean, sep, std = text.partition("/")
+    try:
+        m, s = [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
+    except ValueError:
+        m, s = [], []
+    if not sep or not m or len(m) != len(s) or not all(v > 0 for v in s):
+        raise ValueError(f"--normalize expects MEAN/STD with as many channels on both sides and std > 0, e.g. "
+                         f"0.4914,0.4822,0.4465/0.2471,0.2435,0.2616; got {text!r}")
+    return m, s
+
+
+def reshape_inputs(x: torch.Tensor, shape_text: str | None) -> torch.Tensor:
+    """``--input-shape C,H,W``: rows reshaped to it (their element count must match)."""
+    if not shape_text:
+        return x
+    try:
+        shape = tuple(int(v) for v in shape_text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(v < 1 for v in shape):
+        raise ValueError(f"--input-shape expects positive integers such as 1,28,28, got {shape_text!r}")
+    if x[0].numel() != math.prod(shape):
+        raise ValueError(f"--input-shape {shape_text}: {math.prod(shape)} values per sample, but the data has "
+                         f"{x[0].numel()} ({tuple(x.shape[1:])})")
+    return x.reshape(len(x), *shape)
+
+
+def load_model(spec: str, weights: str | None = None, device: torch.device | str = "cpu",
+               model_args: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A shipped model name (``cnn``, ``mlp``, ...), ``pkg.mod:factory`` (called with
+    ``model_args``) or the ``.json`` that ``minnorm train --export`` wrote (its weights are the
+    ``.safetensors`` beside it unless ``weights`` says otherwise); ``weights`` is loaded on top.
 
     The model is put in eval mode: attacks measure the deployed model, and BatchNorm/Dropout
     in train mode would make a batch differ from its samples one by one. For a factory, the
@@ -102,12 +155,19 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError, ValueError) as err:
             raise ValueError(f"--model: cannot import {spec!r}: {err}") from None
-        model = factory()
+        try:
+            model = factory(**(model_args or {}))
+        except TypeError as err:
+            raise ValueError(f"--model {spec}: the factory does not take these arguments ({err})") from None
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    elif spec.endswith(".json"):
+        model, weights = _model_from_recipe(spec, weights, model_args)
     else:
         from .. import models  # late: `minnorm --help` stays fast and factories need none of it
 
+        if model_args:
+            raise ValueError("--model-arg applies to a pkg.module:factory model, not to a shipped one")
         names = list(models.shipped_names())
         if spec not in names:
             raise ValueError(f"--model: unknown model {spec!r}; shipped models: {', '.join(names)}, "
@@ -120,6 +180,22 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
 
         load_weights(model, weights)
     return model.eval().to(device)
+
+
+def _model_from_recipe(spec: str, weights: str | None, model_args: dict[str, Any] | None):
+    """The architecture a ``minnorm train --export`` JSON records, and its weights file."""
+    from ..evaluation.store import read_json
+    from ..models import build_model
+
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--model: no such file: {spec}")
+    info = read_json(path, "the model description")
+    if not isinstance(info, dict) or "architecture" not in info:
+        raise ValueError(f"--model {spec}: not a model description written by minnorm train --export "
+                         "(no 'architecture' in it)")
+    model = build_model(info["architecture"], **{**(info.get("model_kwargs") or {}), **(model_args or {})})
+    return model, weights if weights is not None else str(path.with_suffix(".safetensors"))
 
 
 def load_data(spec: str, model: torch.nn.Module | None = None,

@@ -31,8 +31,10 @@ def add_parser(subparsers) -> None:
                                                  "minimal-norm attack, also report robust accuracy at this radius")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="attack hyper-parameter as a Python literal, e.g. steps=200 (repeatable)")
-    p.add_argument("--model", default="cnn", help="shipped model name or pkg.module:factory (default: cnn)")
+    p.add_argument("--model", default="cnn", help="shipped model name, pkg.module:factory, or the .json that "
+                                                   "minnorm train --export wrote (default: cnn)")
     p.add_argument("--weights", help="weights to load into the model (.safetensors or .pt)")
+    c.add_model_args(p)
     p.add_argument("--data", default="sample",
                    help="sample, fashion-mnist, fashion-mnist:train, a dataset path, or a .pt/.safetensors "
                         "file with x and y (default: sample)")
@@ -81,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import evaluation
 
     device = c.resolve_device(args.device)
-    model = c.load_model(args.model, args.weights, device)
-    x, y = c.load_data(args.data, model, device)
+    model = c.model_from_args(args, device)
+    x, y = c.load_data(args.data)
+    x, y = c.fit_data(model, c.reshape_inputs(x, args.input_shape), y, device, args.data)
     x, y = _select(model, x, y, args, device)
     ev = evaluation.evaluate(
         model, (x, y), {spec.name: params}, spec.norm, batch_size=args.batch_size, seed=args.seed,

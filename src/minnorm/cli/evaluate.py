@@ -31,8 +31,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE", default=[],
                    help="attack hyper-parameter as a Python literal, e.g. ddn.steps=200; the ATTACK. prefix may "
                         "be left out when only one attack is given (repeatable)")
-    p.add_argument("--model", default="cnn", help="shipped model name or pkg.module:factory (default: cnn)")
+    p.add_argument("--model", default="cnn", help="shipped model name, pkg.module:factory, or the .json that "
+                                                   "minnorm train --export wrote (default: cnn)")
     p.add_argument("--weights", help="weights to load into the model (.safetensors or .pt)")
+    c.add_model_args(p)
     p.add_argument("--data", default="sample",
                    help="sample, fashion-mnist, cifar10, a dataset path, or a .pt/.safetensors file with x and y "
                         "(default: sample)")
@@ -81,7 +83,7 @@ def attack_params(items: list[str], names: list[str]) -> dict[str, dict]:
 
 def load_model_checked(args, device: torch.device) -> torch.nn.Module:
     try:
-        return c.load_model(args.model, args.weights, device)
+        return c.model_from_args(args, device)
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # a factory or a weights file that does not fit: say which
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None:
         x, y = x[:args.n], y[:args.n]
     model = load_model_checked(args, device)
-    x, y = c.fit_data(model, x, y, device, args.data)
+    x, y = c.fit_data(model, c.reshape_inputs(x, args.input_shape), y, device, args.data)
     shared = dict(batch_size=args.batch_size, seed=args.seed, budget=args.budget, epsilons=epsilons,
                   eps_search=args.eps_search, search_steps=args.search_steps, search_max=args.search_max, grid=grid,
                   overwrite=args.overwrite, device=device, save_adversarials=not args.no_adversarials,

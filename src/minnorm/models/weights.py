@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import build_model
+from .architectures import Normalize, build_model
 
 __all__ = ["WEIGHTS_DIR", "load_shipped", "load_state", "load_weights", "save_weights", "shipped_info",
            "shipped_names"]
@@ -54,6 +54,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     A ``module.`` prefix left by DataParallel/DDP is stripped.
     """
     state = load_state(path)
+    check_architecture(model, weights_info(path), path)
     expected = model.state_dict()
     if state and all(k.startswith("module.") for k in state) and not any(k.startswith("module.") for k in expected):
         state = {k[len("module."):]: v for k, v in state.items()}
@@ -72,6 +73,58 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         raise ValueError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=strict)
     return model
+
+
+def weights_info(path: str | os.PathLike) -> dict[str, Any]:
+    """What a weights file says about the model it came from: ``architecture`` and
+    ``model_kwargs`` (activation, ...) from a safetensors header (``minnorm train --export``,
+    the shipped weights) or a sibling ``.json``; empty when it says nothing."""
+    path = Path(path)
+    info: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                info = dict(f.metadata() or {})
+        except Exception:  # noqa: BLE001 (an unreadable header: load_state reports the file itself)
+            info = {}
+    if not info and path.with_suffix(".json").is_file():
+        try:
+            info = json.loads(path.with_suffix(".json").read_text())
+        except (ValueError, OSError):
+            info = {}
+    kwargs = info.get("model_kwargs")
+    if isinstance(kwargs, str):
+        try:
+            info["model_kwargs"] = json.loads(kwargs)
+        except ValueError:
+            info["model_kwargs"] = {}
+    return info if isinstance(info, dict) else {}
+
+
+def check_architecture(model: nn.Module, info: Mapping[str, Any], path: str | os.PathLike = "weights") -> None:
+    """Refuse weights recorded for another architecture or activation than ``model``'s (a SiLU
+    model's weights load without a shape error into a ReLU net, and give a different model)."""
+    from .architectures import ACTIVATIONS, ARCHITECTURES
+
+    arch = info.get("architecture")
+    net = model[-1] if isinstance(model, nn.Sequential) and len(model) and isinstance(model[0], Normalize) else model
+    reference = tuple(ARCHITECTURES.values())
+    if isinstance(arch, str) and arch in ARCHITECTURES and isinstance(net, reference) \
+            and not isinstance(net, ARCHITECTURES[arch]):
+        raise ValueError(f"{path} holds weights of a {arch!r} model, not of {type(net).__name__}")
+    act = (info.get("model_kwargs") or {}).get("activation") if isinstance(info.get("model_kwargs"), Mapping) else None
+    key = str(act).lower().replace("-", "_") if act else None
+    if key not in ACTIVATIONS:
+        return
+    kinds = {type(m) for m in net.modules() if isinstance(m, tuple({type(f()) for f in ACTIVATIONS.values()}))}
+    wanted = type(ACTIVATIONS[key]())
+    if kinds and wanted not in kinds:
+        have = ", ".join(sorted(k.__name__ for k in kinds))
+        raise ValueError(f"{path} holds weights trained with {wanted.__name__} activations (activation={act!r}), but the "
+                         f"model uses {have}: build the matching model (a shipped name such as cnn-silu, the JSON "
+                         "that minnorm train wrote, or --model-arg activation=...)")
 
 
 def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
