@@ -31,6 +31,8 @@ import torch
 
 from .qp import Operator, _apply, _power_norm, ray_search
 
+_CHECK = 4  # steps between bound, candidate and stopping checks (every other check also restarts)
+
 __all__ = ["LPSolution", "box_norm_argmin", "box_norm_min", "prox_l1_box", "prox_linf_box", "solve_lp"]
 
 
@@ -111,8 +113,8 @@ def box_norm_argmin(g: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, p
 @dataclass
 class LPSolution:
     """``delta`` ``[n, *shape]``: the best point found that violates no constraint by more than
-    ``line_tol`` (an iterate, or the smallest feasible point on the ray through one; zeros where
-    none); ``feasible`` whether there is one; ``norm`` its p-norm (inf where none);
+    ``line_tol`` (an iterate, or the smallest feasible point on the ray through one; the last
+    iterate where there is none); ``feasible`` whether there is one; ``norm`` its p-norm (inf where none);
     ``dual`` the best dual bound (a lower bound on the optimal norm); ``pruned`` rows stopped
     because ``dual`` reached ``bound``; ``iterations`` per row; ``mu`` the last multipliers."""
 
@@ -146,10 +148,10 @@ def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
     s = _PDState.start(n, b, lower, mu0, p)
     s.lower, s.upper, s.eta, s.bound, s.line_tol = lower, upper, eta, bound, line_tol
     base, sel = op, torch.arange(n, device=dev)
-    for _ in range(steps):
+    for it in range(steps):
         if s.rows.numel() == 0:
             break
-        done = s.step(base, sel, tol, restart)
+        done = s.step(base, sel, tol, restart, check=it % _CHECK == _CHECK - 1 or it == steps - 1)
         if bool(done.any()):
             out.store(s, done)
             s, sel = s.keep(~done), sel[~done]
@@ -157,7 +159,9 @@ def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
                 base, sel = base.restrict(sel), torch.arange(sel.numel(), device=dev)
     out.store(s, torch.ones_like(s.rows, dtype=torch.bool))
     feasible = torch.isfinite(out.best_norm)
-    return LPSolution(out.best, feasible & ~out.pruned, out.best_norm, out.dual, out.pruned, out.iterations, out.mu)
+    # where no point met the tolerance, the last iterate (nearly feasible; the attack checks it)
+    delta = torch.where(feasible.view(-1, *[1] * (lower.dim() - 1)), out.best, out.d)
+    return LPSolution(delta, feasible & ~out.pruned, out.best_norm, out.dual, out.pruned, out.iterations, out.mu)
 
 
 class _PDState:
@@ -188,8 +192,9 @@ class _PDState:
     def _dual_value(self, mu: torch.Tensor, atmu: torch.Tensor) -> torch.Tensor:
         return box_norm_min(atmu, self.lower, self.upper, self.p) - (mu * self.b).sum(1)
 
-    def step(self, base: Operator, sel: torch.Tensor, tol: float, restart: int) -> torch.Tensor:
-        """One PDHG step; bounds from the new point; restarts; returns the finished rows."""
+    def step(self, base: Operator, sel: torch.Tensor, tol: float, restart: int, check: bool = True) -> torch.Tensor:
+        """One PDHG step; with ``check``, bounds and a candidate from the new point, restarts and
+        the stopping tests; returns the finished rows."""
         if self.atmu is None:
             self.atmu = _apply(base, "rmatvec", self.mu, sel)
         tau, sigma = self.eta / self.omega, self.eta * self.omega
@@ -199,15 +204,17 @@ class _PDState:
         ad = _apply(base, "matvec", d, sel)
         mu = (self.mu + sigma[:, None] * (2 * ad - self.ad - self.b)).clamp_min(0)
         atmu = _apply(base, "rmatvec", mu, sel)
-        # every trial point gives a valid bound and candidate, accepted or not
-        self.dual = torch.maximum(self.dual, self._dual_value(mu, atmu))
-        self._candidate(d, ad)
+        if check:  # every trial point gives a valid bound and candidate, accepted or not
+            self.dual = torch.maximum(self.dual, self._dual_value(mu, atmu))
+            self._candidate(d, ad)
         self._adapt(d, ad, mu, atmu)
         new = (d, ad, self.mu, self.atmu)
         self.sums = list(new) if self.sums is None else [a + x for a, x in zip(self.sums, new)]
         self.iterations += 1
         self.since += 1
-        if int(self.iterations[0]) % 8 == 0:
+        if not check:
+            return torch.zeros_like(self.rows, dtype=torch.bool)
+        if int(self.iterations[0]) % (2 * _CHECK) == 0:
             self.base, self.sel = base, sel
             self._restart(restart)
             self.base = self.sel = None
@@ -294,5 +301,5 @@ class _PDState:
 
     def store(self, s: "_PDState", mask: torch.Tensor) -> None:
         rows = s.rows[mask]
-        for name in ("best", "best_norm", "dual", "iterations", "pruned", "mu"):
+        for name in ("best", "best_norm", "dual", "iterations", "pruned", "mu", "d"):
             getattr(self, name)[rows] = getattr(s, name)[mask]

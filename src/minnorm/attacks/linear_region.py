@@ -17,10 +17,11 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..core import AttackResult, check_int, check_positive, clip_box, lp_norm, register, start_attack
+from ..core import AttackResult, check_int, check_positive, clip_box, lp_norm, parse_norm, register, start_attack
 from .ddn import ddn
 from .deepfool import deepfool
 from .piecewise import PiecewiseAffine, RegionOperator
+from ._lp import solve_lp
 from .qp import ScaledOperator, block_scales, solve_qp
 
 __all__ = ["linear_region_attack"]
@@ -29,13 +30,14 @@ _OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
 
 
 def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
-                         regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
+                         norm: float | str = 2, regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
                          q: float = 0.8, gamma: float = 6.0, power_iterations: int = 20, precondition_rows: int = 10,
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
                          init: str = "deepfool", init_steps: int = 100, starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
                          warm_start: bool = False, progress: bool = False) -> AttackResult:
-    """Algorithm 1 of the paper for p = 2, batched over images.
+    """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
+    batched over images.
 
     Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
     ``[P, *x]`` in the box) each image gets, for its ``starts`` next most likely classes (the
@@ -47,15 +49,18 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
     Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
     adversarial of that start (eq. 12-14 with ``q``, ``gamma``); if ``y``'s activation pattern is
-    new, the QP of its region is solved for the ``classes`` most likely other classes at ``y``
-    (eq. 10; one QP against all classes for targeted, eq. 11) by at most ``qp_steps`` accelerated
-    dual steps, stopped early once the dual bound shows the region cannot beat the image's best
-    norm. Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
+    new, the minimal-norm problem of its region is solved for the ``classes`` most likely other
+    classes at ``y`` (eq. 10; one problem against all classes for targeted, eq. 11): for p = 2 a QP
+    by at most ``qp_steps`` accelerated dual steps (:mod:`.qp`), for p = inf or 1 an LP by at most
+    ``qp_steps`` primal-dual steps (:mod:`._lp`); either stops early once its dual bound shows the
+    region cannot beat the image's best norm (``warm_start``: multipliers carried over from the
+    chain's previous region). Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
     normalised and scaled by ``decision_scale`` (Sec. 4.2). A solution is accepted only after a
     forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
 
-    ``info``: ``regions_solved`` (QPs solved per image) and ``cache_hits`` (sampled regions
-    skipped because they were visited). Supported layers: see :mod:`.piecewise`.
+    ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
+    skipped because they were visited), ``qp_pruned`` (problems the dual bound rejected) and
+    ``qp_steps`` (solver steps over all problems). Supported layers: see :mod:`.piecewise`.
     """
     for name, value in (("regions", regions), ("qp_steps", qp_steps), ("classes", classes), ("starts", starts),
                         ("power_iterations", power_iterations), ("precondition_rows", precondition_rows),
@@ -69,21 +74,25 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
         raise ValueError(f"init must be 'deepfool' or 'ddn', got {init!r}")
     if not 0.5 <= float(q) <= 1.0:
         raise ValueError(f"q must lie in [0.5, 1], got {q}")
-    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=2, generator=generator)
+    p = parse_norm(norm)
+    if p not in (1, 2, math.inf):
+        raise ValueError(f"norm must be 1, 2 or inf, got {norm!r}")
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
     x0, n = run.inputs, run.batch_size
     if n == 0:
         return run.finish(inputs.clone())
     with PiecewiseAffine(model) as net:
-        search = _Search(run, net, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
+        search = _Search(run, net, p=p, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
             steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
             rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
             warm_start=bool(warm_start))
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
         adv = x0.clone()
         if todo.numel():
-            first = _starting_points(run, todo, starting_points, starts, init, init_steps)
+            first = _starting_points(run, todo, starting_points, starts, init, init_steps, p)
             search.start(todo, first, search_steps)
-            for j in tqdm(range(regions), desc="lra-l2", unit="region", leave=False, disable=not progress):
+            name = "lra-linf" if p == math.inf else f"lra-l{p:g}"
+            for j in tqdm(range(regions), desc=name, unit="region", leave=False, disable=not progress):
                 search.step(j, regions)
             best, norms = search.best()
             found = torch.isfinite(norms)
@@ -94,16 +103,23 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
-                     init: str, init_steps: int) -> torch.Tensor:
-    """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none)."""
+                     init: str, init_steps: int, p: float = 2) -> torch.Tensor:
+    """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none); the
+    DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm."""
     x0, y = run.inputs[todo], run.labels[todo]
     if init == "ddn" or run.targeted:
         res = ddn(run.model.model, x0, y, targeted=run.targeted, steps=init_steps, bounds=run.bounds,
                   generator=run.generator)
     else:
-        res = deepfool(run.model.model, x0, y, norm=2, bounds=run.bounds)
+        res = deepfool(run.model.model, x0, y, norm=p, bounds=run.bounds)
     run.model.charge(todo, forward=res.forward_passes, backward=res.backward_passes)
     first = torch.where(res.success.view(-1, *[1] * (x0.dim() - 1)), res.adversarials, torch.nan)[:, None]
+    miss = (~res.success).nonzero().squeeze(1)
+    if miss.numel() and init == "deepfool" and not run.targeted:
+        # DeepFool can stall (the L1 step moves one coordinate at a time): DDN's point instead
+        more = ddn(run.model.model, x0[miss], y[miss], steps=init_steps, bounds=run.bounds, generator=run.generator)
+        run.model.charge(todo[miss], forward=more.forward_passes, backward=more.backward_passes)
+        first[miss, 0] = torch.where(more.success.view(-1, *[1] * (x0.dim() - 1)), more.adversarials, torch.nan)
     if reference is None:
         return first
     if not isinstance(reference, torch.Tensor) or reference.shape[1:] != x0.shape[1:]:
@@ -112,7 +128,7 @@ def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, st
     reference = reference.to(device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         pred = torch.cat([run.model.model(chunk).argmax(1) for chunk in reference.split(512)])
-    dist = torch.cdist(x0.flatten(1), reference.flatten(1))
+    dist = torch.cdist(x0.flatten(1), reference.flatten(1), p=p)
     if run.targeted:
         dist = dist.masked_fill(pred[None] != y[:, None], math.inf)
         k = min(starts, dist.shape[1])
@@ -129,12 +145,12 @@ def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, st
 class _Search:
     """State of Algorithm 1 for ``c`` chains (image x start), laid out as a ``[b, M]`` grid."""
 
-    def __init__(self, run, net: PiecewiseAffine, *, q: float, gamma: float, classes: int, qp: dict, rows: int,
+    def __init__(self, run, net: PiecewiseAffine, *, p: float, q: float, gamma: float, classes: int, qp: dict, rows: int,
                  decision_scale: float, retries: int, warm_start: bool = False):
         self.retries = retries
         self.run, self.net, self.q, self.gamma, self.classes, self.qp = run, net, q, gamma, classes, qp
         self.rows, self.decision_scale = rows, decision_scale
-        self.warm_start = warm_start
+        self.warm_start, self.p = warm_start, p
         self.solved = torch.zeros(run.batch_size, dtype=torch.long, device=run.inputs.device)
         self.hits = torch.zeros_like(self.solved)
         self.pruned = torch.zeros_like(self.solved)  # QPs the dual bound rejected (Sec. 4.1 early stop)
@@ -149,7 +165,7 @@ class _Search:
 
     def _offer(self, chains: torch.Tensor, points: torch.Tensor, ok: torch.Tensor) -> None:
         """Record ``points`` (adversarial where ``ok``) for ``chains`` if they beat the chain's best."""
-        norms = torch.where(ok, lp_norm(points - self.x0[chains], 2), torch.full_like(ok, math.inf, dtype=points.dtype))
+        norms = torch.where(ok, lp_norm(points - self.x0[chains], self.p), torch.full_like(ok, math.inf, dtype=points.dtype))
         # several candidates per chain: keep each chain's smallest (sort by norm, then stably by chain)
         order = norms.argsort()
         order = order[chains[order].argsort(stable=True)]
@@ -265,16 +281,17 @@ class _Search:
         if self.warm_start and self.mu is not None:
             # neighbouring regions share their rows (one per neuron): start from the chain's last duals
             mu0 = torch.where(self.has_mu[ch, None], self.mu[ch] / scale, torch.zeros_like(scale))
-        sol = solve_qp(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
-                       mu0=mu0, **self.qp)
+        solve = solve_qp if self.p == 2 else functools.partial(solve_lp, p=self.p)
+        sol = solve(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
+                    mu0=mu0, **self.qp)
         self.pruned.index_add_(0, self.owner[ch], sol.pruned.long())
         self.steps.index_add_(0, self.owner[ch], sol.iterations)
         if self.warm_start:
             self._keep_duals(chains, per, sol.mu * scale, sol.dual)
         # Rows the dual bound ruled out are dropped; the rest are checked on the true network even
         # when the primal point is slightly infeasible (Sec. 4.2), along the ray at a few overshoots,
-        # since the exact QP optimum lies on the decision boundary itself.
-        idx = (~sol.pruned & (lp_norm(sol.delta, 2) < bound)).nonzero().squeeze(1)
+        # since the exact optimum lies on the decision boundary itself.
+        idx = (~sol.pruned & (lp_norm(sol.delta, self.p) < bound)).nonzero().squeeze(1)
         if idx.numel() == 0:
             return
         f = torch.tensor(_OVERSHOOT, dtype=y.dtype, device=y.device)
@@ -308,7 +325,14 @@ class _Search:
         return torch.cat([torch.stack(dec, 1), layers], 1)
 
 
-register("lra-l2", linear_region_attack, norm=2, minimal=True, targeted=True,
-         paper="Croce, Rauber and Hein 2020 (linear-region attack)",
+_QUICK = {"regions": 8, "qp_steps": 60, "power_iterations": 8, "init_steps": 20, "search_steps": 10}
+_PAPER = "Croce, Rauber and Hein 2020 (linear-region attack)"
+register("lra-l2", linear_region_attack, norm=2, minimal=True, targeted=True, paper=_PAPER, defaults={"norm": 2},
          description="Linear-region attack: exact QPs in sampled linear regions of a ReLU/max-pool network",
-         quick={"regions": 8, "qp_steps": 60, "power_iterations": 8, "init_steps": 20, "search_steps": 10})
+         quick=_QUICK)
+_QUICK_LP = {"regions": 5, "qp_steps": 40, "power_iterations": 6, "init_steps": 20, "search_steps": 10}
+register("lra-linf", linear_region_attack, norm=math.inf, minimal=True, targeted=True, paper=_PAPER,
+         defaults={"norm": math.inf}, quick=_QUICK_LP,
+         description="Linear-region attack for Linf: region LPs (primal-dual) in sampled linear regions")
+register("lra-l1", linear_region_attack, norm=1, minimal=True, targeted=True, paper=_PAPER, defaults={"norm": 1},
+         quick=_QUICK_LP, description="Linear-region attack for L1: region LPs (primal-dual) in sampled linear regions")
