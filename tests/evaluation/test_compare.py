@@ -115,6 +115,9 @@ def test_a_folder_of_both_norms_is_one_run_per_norm(runs):
     assert {n: [label for label, _ in part] for n, part in res.groups.items()} == {"l2": ["m1", "both"],
                                                                                    "linf": ["both", "li"]}
     assert len(res.rows) == 4 and all(r["eps"] == (0.3 if r["norm"] == "l2" else 0.03) for r in res.rows)
+    # one label may name a run in each norm (the same model in L2 and in Linf)
+    res = compare([runs / "m1", runs / "li"], labels=["mlp1", "mlp1"])
+    assert [(r["norm"], r["run"]) for r in res.rows] == [("l2", "mlp1"), ("linf", "mlp1")]
 
 
 def test_the_plot_gives_each_norm_its_own_axis_and_each_run_its_colour(runs, tmp_path, monkeypatch):
@@ -135,9 +138,9 @@ def test_the_plot_gives_each_norm_its_own_axis_and_each_run_its_colour(runs, tmp
         assert norm in ax.get_xlabel() and f"({norm})" in ax.get_title()
         assert "toys" in ax.get_title() and f"{N} samples" in ax.get_title()
         curves = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
-        assert [line.get_label().split(":")[0] for line in curves] == names  # only runs of this norm
+        assert [line.get_label().split(" ")[0] for line in curves] == names  # only runs of this norm
         for line in curves:
-            ev = Evaluation.load(runs / line.get_label().split(":")[0])
+            ev = Evaluation.load(runs / line.get_label().split(" ")[0])
             assert np.allclose(line.get_ydata(), [100 * ev.robust_accuracy(e) for e in line.get_xdata()])
             colours.append(line.get_color())
     assert len(set(colours)) == len(folders)
@@ -150,7 +153,7 @@ def test_the_plot_gives_each_norm_its_own_axis_and_each_run_its_colour(runs, tmp
     (["m1", "--eps", "abc"], "fraction such as 8/255"),
     (["m1", "m2", "--eps", "l2=0.1,linf"], "NORM=RADIUS"),
     (["m1", "m2", "--labels", "a"], "one name per run"),
-    (["m1", "m2", "--labels", "a,a"], "must all differ"),
+    (["m1", "m2", "--labels", "a,a"], "a names two l2 runs"),
     (["m1", "nothing-here"], "not an evaluation run folder"),
 ])
 def test_bad_input_says_what_to_fix(runs, tmp_path, capsys, args, message):

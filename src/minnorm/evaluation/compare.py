@@ -74,15 +74,13 @@ def load_runs(folders: Sequence[str | Path], labels: Sequence[str] | None = None
 
 
 def run_labels(folders: Sequence[str | Path], labels: Sequence[str] | None) -> list[str]:
-    """The given labels (one per folder, all different), else the folders' names (their paths
-    when two names clash)."""
+    """The given labels (one per folder), else the folders' names (their paths when two names
+    clash)."""
     if labels is not None:
         labels = [str(s).strip() for s in labels]
         if len(labels) != len(folders) or not all(labels):
             raise ValueError(f"--labels needs one name per run: {len(folders)} run(s), got {len(labels)} name(s) "
                              f"({','.join(labels)})")
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"--labels must all differ, got {','.join(labels)}")
         return labels
     names = [Path(f).resolve().name or str(f) for f in folders]
     if len(set(names)) != len(names):
@@ -101,9 +99,17 @@ def norm_of(ev: Evaluation) -> str:
 
 
 def group_by_norm(runs: list[tuple[str, Evaluation]]) -> dict[str, list[tuple[str, Evaluation]]]:
+    """The runs of each norm; labels must differ within a norm (a label may name one run per
+    norm, e.g. the same model evaluated in L2 and in Linf)."""
     groups: dict[str, list[tuple[str, Evaluation]]] = {}
     for label, ev in runs:
         groups.setdefault(norm_of(ev), []).append((label, ev))
+    for norm, part in groups.items():
+        labels = [label for label, _ in part]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"--labels must differ between runs of one norm: {', '.join(twice)} names two {norm} "
+                             "runs")
     return groups
 
 

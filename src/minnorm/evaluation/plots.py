@@ -247,21 +247,27 @@ def _norm_col(name: str) -> str:
 # --------------------------------------------------------------------------- many runs
 
 def leaderboard_plot(groups: list[tuple[Any, list[tuple[str, Any]]]], eps: dict[Any, float], path: Path) -> Path:
-    """Best-of-all robust accuracy of many runs, one colour per run, one panel per norm (never
-    two norms on one axis). ``groups``: ``[(norm, [(label, evaluation), ...]), ...]``; ``eps``
-    maps each norm to the radius of the leaderboard, marked by a dotted vertical line."""
+    """Best-of-all robust accuracy of many runs, one colour per run (a label keeps its colour in
+    every panel), one panel per norm (never two norms on one axis), each from 0 to 10% past the
+    largest best-of-all norm of its runs. ``groups``: ``[(norm, [(label, evaluation), ...]), ...]``;
+    ``eps`` maps each norm to the radius of the leaderboard, marked by a dotted vertical line."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), dpi=100, squeeze=False)
-    colour = {label: i for i, (label, _) in enumerate(run for _, runs in groups for run in runs)}
+    colour: dict[str, int] = {}
+    for _, runs in groups:
+        for label, _ev in runs:
+            colour.setdefault(label, len(colour))
     for ax, (norm, runs) in zip(axes.flat, groups):
-        top = max(max(curve_grid(ev)[-1] for _, ev in runs), eps.get(norm, 0.0) * 1.1) or 1.0
+        top = max([_largest_best_norm(ev) for _, ev in runs] + [eps.get(norm, 0.0)]) * 1.1 or 1.0
         grid = [top * i / (CURVE_POINTS - 1) for i in range(CURVE_POINTS)]
         every = max(1, len(grid) // 12)
+        same_size = len({ev.samples for _, ev in runs}) == 1
         for label, ev in runs:
             i = colour[label]
+            name = label if label == _model_name(ev) else f"{label} ({_model_name(ev)})"
             ax.plot(grid, [100 * ev.robust_accuracy(e) for e in grid], color=_run_colour(i), lw=1.6,
                     ls=["-", "--", "-.", ":"][(i // 10) % 4], marker=MARKERS[i % len(MARKERS)], ms=4,
-                    markevery=(i % every, every), label=f"{label}: {_model_name(ev)}, {ev.samples} samples")
+                    markevery=(i % every, every), label=name if same_size else f"{name}, {ev.samples} samples")
         if norm in eps:
             ax.axvline(eps[norm], color="0.3", ls=":", lw=1)
         _style_axes(ax, grid, norm)
@@ -271,6 +277,12 @@ def leaderboard_plot(groups: list[tuple[Any, list[tuple[str, Any]]]], eps: dict[
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _largest_best_norm(ev) -> float:
+    best = ev.table["best_norm"]
+    finite = best[ev.table["correct"] & np.isfinite(best)]
+    return float(finite.max()) if len(finite) else 0.0
 
 
 def _run_colour(i: int) -> str:

@@ -307,12 +307,17 @@ def confusion(ev, preds: dict[str, np.ndarray]) -> tuple[list[int], np.ndarray]:
     return classes, counts
 
 
-def confusion_cells(ev, preds) -> tuple[list[str], list[list[str]]] | None:
+MAX_CONFUSION_CLASSES = 20
+
+
+def confusion_cells(ev, preds) -> tuple[list[str], list[list[str]]] | str:
+    """The confusion matrix as text cells, or a note saying why there is none."""
     if preds is None:
-        return None
+        return NO_PREDICTIONS
     classes, counts = confusion(ev, preds)
-    if len(classes) > 20:
-        return None
+    if len(classes) > MAX_CONFUSION_CLASSES:
+        return (f"{len(classes)} classes are too many for a readable confusion matrix (at most "
+                f"{MAX_CONFUSION_CLASSES}); the per-class table above has each class's robust accuracy.")
     names = class_names(ev.config.get("data"))
     head = ["true \\ adversarial"] + [class_label(k, names) for k in classes]
     return head, [[class_label(k, names)] + [str(v) for v in counts[i]] for i, k in enumerate(classes)
@@ -344,7 +349,7 @@ def markdown(ev, figures: dict[str, str], preds: dict[str, np.ndarray] | None = 
     out += ["", "## Per class", "", PER_CLASS_NOTE, ""] + _md_table(*per_class(ev)) + [""]
     conf = confusion_cells(ev, preds)
     out += ["## Clean to adversarial class", ""]
-    out += ([CONFUSION_NOTE, ""] + _md_table(*conf) if conf else [NO_PREDICTIONS]) + [""]
+    out += ([conf] if isinstance(conf, str) else [CONFUSION_NOTE, ""] + _md_table(*conf)) + [""]
     out += glossary_markdown()
     for key, rel in figures.items():
         out += [f"![{key}]({rel})", ""]
@@ -364,8 +369,8 @@ def html_table(head: list[str], rows: list[list[str]], cls: str = "", bold_first
 
 def _confusion_html(ev, preds) -> str:
     conf = confusion_cells(ev, preds)
-    if conf is None:
-        return f"<p class='note'>{html.escape(NO_PREDICTIONS)}</p>"
+    if isinstance(conf, str):
+        return f"<p class='note'>{html.escape(conf)}</p>"
     head, rows = conf
     body = []
     for r in rows:
