@@ -222,3 +222,13 @@ def test_attack_towards_one_class(tmp_path, data_file):
     saved = torch.load(out / "adversarials.pt", weights_only=True)
     assert bool((saved["targets"] == 1).all()) and bool((saved["labels"] != 1).all())
     assert bool((saved["predictions"] == 1).any())
+
+
+def test_describe_prints_the_card(capsys):
+    assert main(["attack", "--describe", "ddn", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "Rony et al. 2019" in out and "steps" in out and "100" in out
+    assert "quick settings: median 41" in out and "defaults: median 201" in out  # 2 x 100 steps + final check
+    assert main(["attack", "--describe", "pgd-l2"]) == 0
+    card = capsys.readouterr().out
+    assert next(line for line in card.splitlines() if line.strip().startswith("norm ")).endswith("(fixed by this entry)")

@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the registered attacks and exit")
     p.add_argument("--describe", metavar="NAME", help="print an attack's parameters, defaults and paper, and exit")
+    p.add_argument("--measure", action="store_true", help="with --describe: count passes per sample at the "
+                                                             "defaults (not only at the quick settings)")
     p.add_argument("--attack", metavar="NAME", help="registered attack name (see --list)")
     p.add_argument("--eps", type=c.radius, help="radius (8/255 accepted) for a fixed-epsilon attack; for a "
                                                  "minimal-norm attack, also report robust accuracy at this radius")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(c.format_table(c.REGISTRY_HEADERS, c.registry_rows()))
         return 0
     if args.describe:
-        print(describe(c.get_attack(args.describe)))
+        print(describe(c.get_attack(args.describe), args.measure))
         return 0
     if not args.attack:
         raise ValueError("--attack NAME is required (see minnorm attack --list)")
@@ -146,7 +148,7 @@ def _save(ev, spec, args, model, device) -> None:
     print(f"wrote {args.out}/: adversarials.{args.format}, attack.json and the evaluation reports")
 
 
-def describe(spec) -> str:
+def describe(spec, measure: bool = False) -> str:
     """An attack's card: kind, norm, paper, every parameter with its default, quick settings."""
     params = spec.parameters()
     width = max([len(k) for k in params] + [4])
@@ -157,5 +159,25 @@ def describe(spec) -> str:
               for k, v in params.items()]
     if spec.quick:
         lines.append(f"  quick settings (--quick): {spec.quick}")
+    lines.append("  " + _measured_passes(spec, measure))
     lines.append(f"  function: {spec.fn.__module__}.{spec.fn.__name__}")
     return "\n".join(lines)
+
+
+def _measured_passes(spec, at_defaults: bool) -> str:
+    """Passes per sample measured on 2 images of the shipped mlp: at the quick settings, and at
+    the defaults when asked (a guide for --budget; the defaults of some attacks take minutes)."""
+    import math
+
+    from ..data import load_sample
+    from ..models import load_shipped
+
+    x, y = load_sample()
+    eps = {} if spec.minimal else {"eps": 0.03 if math.isinf(spec.norm) else 0.5 if spec.norm == 2 else 5.0}
+    model = load_shipped("mlp")
+    parts = []
+    for label, kw in [("quick settings", spec.quick)] + ([("defaults", {})] if at_defaults else []):
+        p = spec(model, x[:2], y[:2], **{**eps, **kw}).passes.double()
+        parts.append(f"{label}: median {float(p.median()):.0f}, max {float(p.max()):.0f}")
+    more = "" if at_defaults else " (--measure adds the defaults)"
+    return f"passes per sample on 2 images of the shipped mlp, {'; '.join(parts)}{more}; --budget caps them"

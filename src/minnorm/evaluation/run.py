@@ -138,6 +138,18 @@ def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress,
         verdict, done = group.broadcast((verdict, done))
         if verdict is not None:
             raise ValueError(verdict)
+    try:
+        return _attack_batches(model, x, y, plans, config, group, store, done, out=out, device=device,
+                               progress=progress, save_adversarials=save_adversarials, targets=targets,
+                               keep_tensors=keep_tensors)
+    except BaseException:
+        if store is not None:
+            store.close()  # a notebook that goes on must not keep the folder locked
+        raise
+
+
+def _attack_batches(model, x, y, plans, config, group, store, done, *, out, device, progress, save_adversarials,
+                    targets, keep_tensors) -> Evaluation:
     bs = config["batch_size"]
     n_batches = math.ceil(len(x) / bs)
     mine = [b for b in range(n_batches) if b % group.world == group.rank and b not in done]
