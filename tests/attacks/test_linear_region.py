@@ -2,6 +2,8 @@
 PGD on a tiny ReLU MLP, and working on max-pooling and residual networks."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import tiny_cnn, tiny_inputs, tiny_mlp, tiny_resnet, true_labels
@@ -109,3 +111,67 @@ def test_bad_arguments_raise():
 def test_registered():
     spec = minnorm.attacks.get("lra-l2")
     assert spec.norm == 2 and spec.minimal and spec.targeted
+
+
+# ---------------------------------------------------------------- lra-linf and lra-l1 (region LPs)
+
+@pytest.mark.parametrize("p", [math.inf, 1])
+def test_lp_variants_give_the_closed_form_distance_on_an_affine_model(p):
+    """One region: the distance to the nearest class hyperplane in the lp norm is
+    min_l (f_c - f_l) / ||w_l - w_c||_q with q the dual exponent (the box is slack here)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double().eval()
+    x = 0.45 + 0.1 * tiny_inputs(5, dtype=torch.float64)
+    y = model(x).argmax(1)
+    with torch.no_grad():  # 90% of the way to the nearest boundary, so that the L1 optimum stays in the box
+        w, logits = model[1].weight, model(x)
+        dw = w[None] - w[y][:, None]
+        l2 = ((logits.gather(1, y[:, None]) - logits) / dw.norm(dim=2)).scatter(1, y[:, None], torch.inf)
+        near = l2.argmin(1)
+        step = dw[torch.arange(5), near]
+        x = (x.flatten(1) + 0.9 * (l2.amin(1) / step.norm(dim=1))[:, None] * step).view(5, 1, 8, 8)
+    res = linear_region_attack(model, x, y, norm=p, regions=2, qp_steps=2000, qp_tol=1e-9)
+    w, logits = model[1].weight, model(x)
+    gap = logits.gather(1, y[:, None]) - logits
+    dist = gap / (w[None] - w[y][:, None]).norm(p=1 if p == math.inf else math.inf, dim=2)
+    expected = dist.scatter(1, y[:, None], torch.inf).amin(1)
+    assert float(expected.max()) < 0.4  # so the box [0, 1] does not bind
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.norms, expected, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("p", [math.inf, 1])
+def test_lp_variants_are_near_minimal_on_a_tiny_mlp(p):
+    """Never worse than their DeepFool start, and PGD with restarts finds nothing at 0.99 of the
+    norm on >= 90% of the images (a check that the point is close to the smallest)."""
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(10, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = linear_region_attack(model, x, y, norm=p, regions=30, qp_steps=200)
+    assert bool(res.success.all()) and bool((model(res.adversarials).argmax(1) != y).all())
+    start = deepfool(model, x, y, norm=p)
+    assert bool((res.norms <= torch.where(start.success, start.norms, torch.inf) * (1 + 1e-9)).all())
+    below = pgd(model, x, y, eps=0.99 * res.norms, norm=p, steps=100, restarts=3,
+                generator=torch.Generator().manual_seed(0))
+    assert int(below.success.sum()) <= 1, (res.norms, below.success)
+
+
+@pytest.mark.parametrize("p", [math.inf, 1])
+def test_lp_variants_on_maxpool_cnn_and_targeted(p):
+    model = tiny_cnn(dtype=torch.float64)
+    x = tiny_inputs(4, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = linear_region_attack(model, x, y, norm=p, regions=4, qp_steps=60)
+    assert bool(res.success.all()) and bool((res.info["regions_solved"] > 0).all())
+    t = (y + 1) % 4
+    tres = linear_region_attack(model, x, t, norm=p, targeted=True, regions=4, qp_steps=60)
+    assert bool(tres.success.all()) and torch.equal(model(tres.adversarials).argmax(1), t)
+
+
+def test_lp_variants_registered():
+    for name, p in (("lra-linf", math.inf), ("lra-l1", 1)):
+        spec = minnorm.attacks.get(name)
+        assert spec.norm == p and spec.minimal and spec.targeted and spec.defaults["norm"] == p
+    with pytest.raises(ValueError, match="norm"):
+        linear_region_attack(tiny_mlp(), tiny_inputs(2), torch.zeros(2, dtype=torch.long), norm=3)
