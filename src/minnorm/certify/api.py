@@ -93,10 +93,10 @@ def verify_witness(model, x0: torch.Tensor, candidate: torch.Tensor, label: int,
                    box: tuple[float, float]) -> tuple[torch.Tensor | None, float]:
     """A float32 (the model's own dtype) forward pass decides whether ``candidate`` flips the
     model; if it lands exactly on the decision boundary it is pushed outward along the segment
-    from ``x0`` by relative steps 1e-7 ... 1e-3. Returns ``(witness, norm)`` or ``(None, inf)``."""
+    from ``x0`` by relative steps 1e-8 ... 1e-3. Returns ``(witness, norm)`` or ``(None, inf)``."""
     cand = candidate.to(x0.dtype).clamp(*box)
     with torch.no_grad():
-        for s in (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3):
+        for s in (0.0, 1e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3):
             x = (x0 + (1 + s) * (cand - x0)).clamp(*box) if s else cand
             if int(model(x[None]).argmax(1)) != label:
                 return x, float(lp_norm((x - x0)[None].double(), p))
@@ -123,7 +123,7 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     witnesses, upper_out = _check_attack_witnesses(model, inputs, labels, advs, up, p, box)
     lower = torch.where(wrong, torch.zeros_like(lower), torch.minimum(lower, upper_out))
     upper_out = torch.where(wrong, torch.zeros_like(upper_out), upper_out)
-    status = ["misclassified" if w else ("exact" if u - lo <= REL_TOL * u else "certified")
+    status = ["misclassified" if w else ("exact" if math.isfinite(u) and u - lo <= REL_TOL * u else "certified")
               for w, lo, u in zip(wrong.tolist(), lower.tolist(), upper_out.tolist())]
     lower = torch.where(torch.tensor([s == "exact" for s in status]), upper_out, lower)
     per = (time.perf_counter() - start) / max(b, 1)

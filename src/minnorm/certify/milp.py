@@ -159,6 +159,7 @@ def encode(graph: Graph, x0: torch.Tensor, label: int, target: int, p: float,
     b.add_rows(diff, logits.c[label] - logits.c[target], np.inf)
     prob = _objective(b, x, x0n, p, cutoff)
     prob.info["pre"] = pre
+    prob.info["cutoff"] = cutoff
     return prob
 
 
