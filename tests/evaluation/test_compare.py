@@ -115,6 +115,11 @@ def test_a_folder_of_both_norms_is_one_run_per_norm(runs):
     assert {n: [label for label, _ in part] for n, part in res.groups.items()} == {"l2": ["m1", "both"],
                                                                                    "linf": ["both", "li"]}
     assert len(res.rows) == 4 and all(r["eps"] == (0.3 if r["norm"] == "l2" else 0.03) for r in res.rows)
+    # a folder of runs of one norm: each is labelled with its subfolder
+    res = compare([runs], eps="l2=0.3,linf=0.03")
+    name = runs.name
+    assert {n: sorted(label for label, _ in part) for n, part in res.groups.items()} == {
+        "l2": [f"{name}/{m}" for m in L2_RUNS], "linf": [f"{name}/li"]}
     # one label may name a run in each norm (the same model in L2 and in Linf)
     res = compare([runs / "m1", runs / "li"], labels=["mlp1", "mlp1"])
     assert [(r["norm"], r["run"]) for r in res.rows] == [("l2", "mlp1"), ("linf", "mlp1")]

@@ -58,8 +58,9 @@ class Comparison:
 # --------------------------------------------------------------------------- loading
 
 def load_runs(folders: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[tuple[str, Evaluation]]:
-    """``(label, evaluation)`` per run, in the order given; a folder of a multi-norm run gives
-    one run per norm subfolder, all with its label (they land in different norm groups)."""
+    """``(label, evaluation)`` per run, in the order given. A folder that is no run but holds runs
+    in its subfolders gives each of them: a multi-norm run (one per norm) keeps the folder's
+    label, as its runs land in different norm groups; other subfolders are ``label/name``."""
     names = run_labels(folders, labels)
     runs = []
     for label, folder in zip(names, folders):
@@ -67,7 +68,9 @@ def load_runs(folders: Sequence[str | Path], labels: Sequence[str] | None = None
         if not (folder / MANIFEST).is_file():
             subs = sorted(p.parent for p in folder.glob(f"*/{MANIFEST}")) if folder.is_dir() else []
             if subs:
-                runs += [(label, Evaluation.load(sub)) for sub in subs]
+                found = [Evaluation.load(sub) for sub in subs]
+                one_per_norm = len({norm_of(ev) for ev in found}) == len(found)
+                runs += [(label if one_per_norm else f"{label}/{sub.name}", ev) for sub, ev in zip(subs, found)]
                 continue
         runs.append((label, Evaluation.load(folder)))  # says what is wrong with a folder that is no run
     return runs
