@@ -81,7 +81,7 @@ def test_leaderboard_ranks_runs_by_robust_accuracy_at_eps(runs, tmp_path, capsys
     assert "l2: robust accuracy at eps = 0.2" in printed and "success m1/m2/m3" in printed
     assert re.search(r"^1\s+" + rows[0]["run"] + r"\s+mlp", printed, re.M)
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "## l2: leaderboard at eps = 0.2 (--eps)" in md and "### l2: attack by attack" in md
+    assert "## l2: leaderboard at eps = 0.2 (given with --eps)" in md and "### l2: attack by attack" in md
     assert "**RA@eps**" in md and "![robust accuracy](compare.png)" in md
 
 

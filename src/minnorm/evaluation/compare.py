@@ -398,7 +398,7 @@ def compare(folders: Sequence[str | Path], out: str | Path | None = None, labels
     eps_map, origin = {}, {}
     for norm, part in groups.items():
         if norm in chosen:
-            eps_map[norm], origin[norm] = chosen[norm], "--eps"
+            eps_map[norm], origin[norm] = chosen[norm], "given with --eps"
         else:
             eps_map[norm], origin[norm] = default_eps(part)
     res = Comparison(runs, groups, eps_map, origin, leaderboard(groups, eps_map))
