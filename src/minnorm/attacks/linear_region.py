@@ -284,6 +284,7 @@ class _Search:
         solve = solve_qp if self.p == 2 else functools.partial(solve_lp, p=self.p)
         sol = solve(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
                     mu0=mu0, **self.qp)
+        op.flush()
         self.pruned.index_add_(0, self.owner[ch], sol.pruned.long())
         self.steps.index_add_(0, self.owner[ch], sol.iterations)
         if self.warm_start:

@@ -231,7 +231,8 @@ def _pool_masks(module: nn.MaxPool2d, z: torch.Tensor, idx: torch.Tensor):
     where = F.unfold(pos, k, d, p, s).view(1, 1, k[0] * k[1], -1)
     chosen = idx.flatten(2)[:, :, None, :] + 1
     keep = (where > 0) & (where.long() != chosen)
-    return (k, d, p, s), keep.to(z.dtype)
+    tiles = k == s and d == (1, 1) and p == (0, 0) and h % k[0] == 0 and w % k[1] == 0
+    return (k, d, p, s), keep.to(z.dtype), tiles
 
 
 def _constraint_count(module: nn.Module, z: torch.Tensor) -> int:
@@ -243,17 +244,26 @@ def _constraint_count(module: nn.Module, z: torch.Tensor) -> int:
     return z.shape[1] * k[0] * k[1] * out[0] * out[1]
 
 
-def _frozen_pool(z: torch.Tensor, idx: torch.Tensor, geometry, keep: torch.Tensor,
+def _frozen_pool(z: torch.Tensor, idx: torch.Tensor, geometry, keep: torch.Tensor, tiles: bool,
                  dst: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Max-pool with the argmax frozen (a gather, affine), and eq. 8's ``z_max - z_i`` per window
     member; padded positions and the argmax itself give exactly-zero rows. ``dst``: where to write
-    the constraint values (a view of a preallocated buffer)."""
+    the constraint values (a view of a preallocated buffer; no autograd there, so the windows of a
+    non-overlapping pool are read through a strided view instead of being unfolded)."""
     b, c = z.shape[:2]
     out = z.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-    windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
     if dst is None:
+        windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
         return out, (out.flatten(2)[:, :, None, :] - windows) * keep
-    cons = torch.sub(out.flatten(2)[:, :, None, :], windows, out=dst.view(windows.shape))
+    k = geometry[0]
+    if tiles:
+        h, w = out.shape[2:]
+        windows = z.view(b, c, h, k[0], w, k[1]).permute(0, 1, 3, 5, 2, 4)  # [b, c, ki, kj, h, w]
+        target = dst.view(b, c, k[0], k[1], h, w)
+        cons = torch.sub(out[:, :, None, None], windows, out=target).view(keep.shape)
+    else:
+        windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
+        cons = torch.sub(out.flatten(2)[:, :, None, :], windows, out=dst.view(windows.shape))
     return out, cons.mul_(keep)
 
 
@@ -306,14 +316,19 @@ class RegionOperator:
     before or ``torch.func.jvp`` (see docs/linear-region.md); ``forward_mode=True`` uses true
     forward-mode ``torch.func.jvp`` instead (for tests). ``owner`` maps rows to the attacked
     samples for pass counting on ``counter`` (a :class:`~minnorm.core.CountedModel`): one forward
-    pass per region, one backward pass per product.
+    pass per region, one backward pass per product, handed over by :meth:`flush`.
     """
 
     def __init__(self, net: PiecewiseAffine, region: Region, y: torch.Tensor, x0: torch.Tensor,
                  decision: torch.Tensor, counter=None, owner: torch.Tensor | None = None,
-                 forward_mode: bool = False):
+                 forward_mode: bool = False, _tally=None):
         self.net, self.region, self.y, self.x0, self.decision = net, region, y.detach(), x0, decision
         self.counter, self.owner, self.n, self.forward_mode = counter, owner, y.shape[0], forward_mode
+        # passes are tallied per row here (shared with restricted copies) and handed to the counter
+        # in one call by flush(): a CountedModel.charge per product costs more than a small product
+        n = y.shape[0]
+        self._tally = _tally or (torch.zeros(2, n, dtype=torch.long, device=y.device), torch.arange(n, device=y.device),
+                                 owner)
         frozen, self._linear = net.frozen(region), net.linear(region)
         self._fn = lambda z: self._stack(*frozen(z))
         with torch.enable_grad():
@@ -328,10 +343,19 @@ class RegionOperator:
         return torch.cat([dec, *cons], 1)
 
     def _charge(self, rows: torch.Tensor | None, forward: int = 0, backward: int = 0) -> None:
-        """Passes go to the CountedModel's per-sample counters (``CountedModel.charge``)."""
         if self.counter is None or self.owner is None:
             return
-        self.counter.charge(self.owner if rows is None else self.owner[rows], forward=forward, backward=backward)
+        counts, index, _ = self._tally
+        at = index if rows is None else index[rows]
+        counts[0, at] += forward
+        counts[1, at] += backward
+
+    def flush(self) -> None:
+        """Charge the tallied passes to the CountedModel (``CountedModel.charge``) and reset them."""
+        counts, _, owner = self._tally
+        if self.counter is not None and owner is not None and bool(counts.any()):
+            self.counter.charge(owner, forward=counts[0].clone(), backward=counts[1].clone())
+            counts.zero_()
 
     def jvp(self, v: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``J_F v`` at ``y``."""
@@ -359,5 +383,7 @@ class RegionOperator:
         return grad
 
     def restrict(self, rows: torch.Tensor) -> "RegionOperator":
+        counts, index, owner = self._tally
         return RegionOperator(self.net, self.region.take(rows), self.y[rows], self.x0[rows], self.decision[rows],
-                              self.counter, None if self.owner is None else self.owner[rows], self.forward_mode)
+                              self.counter, None if self.owner is None else self.owner[rows], self.forward_mode,
+                              _tally=(counts, index[rows], owner))
