@@ -45,6 +45,10 @@ def add_parser(subparsers) -> None:
                                  "attacks run there unless --epsilons is given")
     p.add_argument("--targets", help="targeted evaluation: a class index, random, least-likely or all "
                                      "(every other class; a sample's norm is its smallest over them)")
+    p.add_argument("--certify", nargs="?", const="bound", choices=["bound", "exact"],
+                   help="bracket each sample: certified radius by bound propagation (bound, the default) and, with "
+                        "exact, the exact minimal norm where a MIP solver proves it (piecewise-linear models)")
+    p.add_argument("--certify-time-limit", type=float, default=120.0, help="seconds per sample for --certify exact")
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
     p.add_argument("--eps-search", action="store_true",
                    help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                   eps_search=args.eps_search, search_steps=args.search_steps, search_max=args.search_max, grid=grid,
                   overwrite=args.overwrite, device=device, save_adversarials=not args.no_adversarials,
                   examples=args.examples, sanity_margin=args.sanity_margin, quick=args.quick, targets=targets,
+                  certify=args.certify, certify_time_limit=args.certify_time_limit,
                   describe={"model": {"name": args.model, "weights": args.weights},
                             "data": {"name": args.data, "first": args.n}})
     if args.norms:
@@ -173,5 +178,11 @@ def print_evaluation(ev) -> None:
     print(c.format_table(*table_cells(ev)))
     for line in ev.headlines():
         print(line)
+    ratios = ev.exact_ratios()
+    if ratios:
+        n = next(iter(ratios.values()))["samples"]
+        print(f"norm / exact minimum on the {n} samples a solver proved (median, p90, worst, share within 1.001):")
+        for a, r in ratios.items():
+            print(f"  {a:<14} {r['median']:.4f}  {r['p90']:.4f}  {r['worst']:.4f}  {100 * r['within_1.001']:.0f}%")
     for w in ev.warnings:
         print(f"WARNING [{w['check']}]: {w['message']}")

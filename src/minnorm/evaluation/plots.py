@@ -117,6 +117,11 @@ def robust_accuracy_plot(evaluation, path: Path) -> Path:
         ax.fill_between(grid, stack.min(axis=0), stack.max(axis=0), color="tab:purple", alpha=0.15, lw=0, zorder=0,
                         label="spread of the attacks")
     ax.plot(grid, [100 * v for v in lines[ALL]], color="black", lw=1.2, zorder=1, label=f"{ALL} (best of all)")
+    if getattr(ev, "certified", False):  # the bracket: true robust accuracy lies between the two curves
+        cert = [100 * ev.certified_robust_accuracy(e) for e in grid]
+        ax.fill_between(grid, cert, [100 * v for v in lines[ALL]], color="tab:green", alpha=0.2, lw=0, zorder=0,
+                        label="bracket (certified .. attacks)")
+        ax.plot(grid, cert, color="tab:green", lw=1.4, ls="--", zorder=1, label="certified (lower bound)")
     for i, a in enumerate(ev.attack_names):
         ax.plot(grid, [100 * v for v in lines[a]], color=f"C{i % 10}", lw=1.6, ls=LINESTYLES[i % len(LINESTYLES)],
                 marker=MARKERS[i % len(MARKERS)], ms=4, markevery=(i % every, every), zorder=2 + i, label=a)
@@ -171,7 +176,8 @@ def _panels(ex: dict[str, Any], attacks: list[str], bounds, vmax: float, names) 
     from matplotlib import colormaps
 
     lo, hi = bounds
-    panels = [(_rgb(ex["input"], lo, hi), f"#{ex['index']}\n{class_label(ex['label'], names, short=True)}")]
+    truth = class_label(ex["label"], names, short=True) if names else f"y={ex['label']}"
+    panels = [(_rgb(ex["input"], lo, hi), f"#{ex['index']}\n{truth}")]
     for a in attacks:
         norm = ex["norm"][a]
         if not math.isfinite(norm):

@@ -48,7 +48,7 @@ def clean(obj: Any) -> Any:
 def results_dict(ev) -> dict[str, Any]:
     return clean({"config": ev.config, "environments": ev.environments, "samples": ev.samples,
                   "clean_accuracy": ev.clean_accuracy, "grid": ev.grid, "summary": ev.summary,
-                  "warnings": ev.warnings, "per_sample": ev.per_sample()})
+                  "warnings": ev.warnings, "exact_ratios": ev.exact_ratios(), "per_sample": ev.per_sample()})
 
 
 def write_reports(ev, folder: Path) -> dict[str, Path]:
@@ -62,7 +62,7 @@ def write_reports(ev, folder: Path) -> dict[str, Path]:
     with out.lock(), out.staging() as stage:
         (stage / "plots").mkdir()
         (stage / names["json"]).write_text(json_text(results_dict(ev)))
-        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans, "target" in ev.table),
+        _write_csv(stage / names["samples_csv"], sample_columns(ev.plans, "target" in ev.table, ev.certified),
                    [list(r.values()) for r in ev.per_sample()])
         head, rows = summary_rows(ev)
         _write_csv(stage / names["summary_csv"], head, rows)

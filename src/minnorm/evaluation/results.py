@@ -72,7 +72,33 @@ def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> d
         for e, col in hits.items():
             table[f"{a}.success@{e}"] = col
     _best_of_all(table, [p["name"] for p in plans], correct)
+    if records and any("certify" in r for r in records):
+        _certify_columns(table, records)
     return table
+
+
+def _certify_columns(table: dict[str, np.ndarray], records: list[dict[str, Any]]) -> None:
+    """``certified_radius`` (a proven lower bound on the minimal norm), ``exact_norm`` (where a
+    solver proved it; nan elsewhere), ``certify_status`` and ``certify_seconds`` per sample."""
+    n = len(table["index"])
+    lower, exact = np.full(n, np.nan), np.full(n, np.nan)
+    status, seconds = np.full(n, "", dtype=object), np.zeros(n)
+    start = 0
+    for r in records:
+        size = len(r["index"])
+        attacked = r["attacked"] if "attacked" in r else np.asarray(r["label"]) == np.asarray(r["clean_pred"])
+        rows = start + np.flatnonzero(np.asarray(attacked, dtype=bool))
+        start += size
+        got = r.get("certify")
+        if got is None or not len(rows):
+            continue
+        lower[rows] = [np.inf if v is None else v for v in got["lower"]]
+        ex = [np.inf if u is None else u for u in got["upper"]]
+        exact[rows] = np.where(np.asarray(got["status"]) == "exact", ex, np.nan)
+        status[rows] = got["status"]
+        seconds[rows] = got["seconds"]
+    table["certified_radius"], table["exact_norm"] = lower, exact
+    table["certify_status"], table["certify_seconds"] = status, seconds
 
 
 def _best_of_all(table: dict[str, np.ndarray], names: list[str], correct: np.ndarray) -> None:
@@ -94,14 +120,15 @@ def _best_of_all(table: dict[str, np.ndarray], names: list[str], correct: np.nda
         table["best_over_budget"] |= table[f"{a}.over_budget"]
 
 
-def sample_columns(plans: list[dict[str, Any]], targeted: bool = False) -> list[str]:
+def sample_columns(plans: list[dict[str, Any]], targeted: bool = False, certified: bool = False) -> list[str]:
     """Columns of the per-sample table, in report order."""
     cols = ["index", "label", "clean_pred", "correct"] + (["target"] if targeted else [])
     for p in plans:
         a = p["name"]
         cols += [f"{a}.norm", f"{a}.success", f"{a}.relative", f"{a}.passes", f"{a}.over_budget", f"{a}.seconds"]
         cols += [f"{a}.success@{e:g}" for e in p.get("epsilons", [])]
-    return cols + ["best_norm", "best_attack", "best_relative", "best_passes", "best_seconds"]
+    return cols + ["best_norm", "best_attack", "best_relative", "best_passes", "best_seconds"] + (
+        ["certified_radius", "exact_norm", "certify_status", "certify_seconds"] if certified else [])
 
 
 @dataclass
@@ -149,21 +176,60 @@ class Evaluation:
         norms = self.table["best_norm" if attack in (None, ALL) else f"{attack}.norm"]
         return robust_accuracy(norms, self.table["correct"], [eps])[0]
 
+    @property
+    def certified(self) -> bool:
+        return "certified_radius" in self.table
+
+    def certified_robust_accuracy(self, eps: float) -> float:
+        """A proven lower bound on robust accuracy at ``eps``: correctly classified samples whose
+        certified radius exceeds ``eps`` (or whose exact minimal norm does)."""
+        from ..core.radius import check_radius
+
+        if not self.certified:
+            raise ValueError("this evaluation ran no certification (certify='bound' or 'exact', --certify)")
+        eps = check_radius(eps)
+        with np.errstate(invalid="ignore"):
+            safe = (self.table["certified_radius"] > eps) | (self.table["exact_norm"] > eps)
+        return float((self.table["correct"] & safe).sum()) / self.samples if self.samples else math.nan
+
+    def exact_ratios(self) -> dict[str, dict[str, float]]:
+        """Per attack (and All): its norm over the exact minimum, on the samples a solver proved
+        (median, p90, worst, share within 1.001, count). Empty without exact values."""
+        if not self.certified:
+            return {}
+        exact = self.table["exact_norm"]
+        keep = self.table["correct"] & np.isfinite(exact) & (exact > 0)
+        out = {}
+        for a in self.attack_names + [ALL]:
+            norms = self.table["best_norm" if a == ALL else f"{a}.norm"][keep]
+            if not len(norms):
+                continue
+            ratio = norms / exact[keep]
+            out[a] = {"median": float(np.median(ratio)), "p90": float(np.percentile(ratio, 90)),
+                      "worst": float(ratio.max()), "within_1.001": float((ratio <= 1.001).mean()),
+                      "samples": int(len(ratio))}
+        return out
+
     def headlines(self) -> list[str]:
         """One line per radius the user asked about (``eps``): the best of all attacks' robust
         accuracy there, said to be an upper bound."""
         n = len(self.attack_names)
         norm = norm_name(parse_norm(self.config["norm"]))
-        return [f"robust accuracy at {norm} {radius_text(e)}: {100 * self.robust_accuracy(e):.1f}% "
-                f"(best of {n} attack{'s' if n > 1 else ''}, an upper bound; clean accuracy "
-                f"{100 * self.clean_accuracy:.1f}% of {self.samples})" for e in self.config.get("eps") or []]
+        lines = []
+        for e in self.config.get("eps") or []:
+            cert = (f"; certified lower bound {100 * self.certified_robust_accuracy(e):.1f}%" if self.certified
+                    else "")
+            lines.append(f"robust accuracy at {norm} {radius_text(e)}: {100 * self.robust_accuracy(e):.1f}% "
+                         f"(best of {n} attack{'s' if n > 1 else ''}, an upper bound{cert}; clean accuracy "
+                         f"{100 * self.clean_accuracy:.1f}% of {self.samples})")
+        return lines
 
     def row(self, attack: str = ALL) -> dict[str, Any]:
         return next(r for r in self.summary if r["attack"] == attack)
 
     def per_sample(self) -> list[dict[str, Any]]:
         """The per-sample table as rows (plain Python values; inf/nan as floats)."""
-        cols = sample_columns(self.plans, "target" in self.table)
+        cols = sample_columns(self.plans, "target" in self.table, self.certified)
         return [{c: _plain(self.table[c][i]) for c in cols} for i in range(self.samples)]
 
     def to_pandas(self, what: str = "summary"):

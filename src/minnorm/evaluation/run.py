@@ -44,7 +44,8 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
              save_adversarials: bool = True, examples: int = 6, sanity_margin: float = 0.1,
              quick: bool = False, describe: dict[str, Any] | None = None,
              targets: str | int | torch.Tensor | None = None, keep_tensors: bool = False,
-             eps: float | Sequence[float] | None = None) -> Evaluation:
+             eps: float | Sequence[float] | None = None, certify: str | None = None,
+             certify_time_limit: float = 120.0) -> Evaluation:
     """Run registered ``attacks`` on the correctly classified samples of ``data``.
 
     ``data`` is a pair ``(inputs, labels)`` of tensors (or a dataset of such pairs). ``attacks``:
@@ -89,7 +90,11 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
             plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, (lo, hi))
     device = torch.device(device) if device is not None else _model_device(model)
     targets = _check_targets(targets, y)
-    _preflight(model, x, y, targets, plans, (lo, hi), device)
+    if certify not in (None, "bound", "exact"):
+        raise ValueError(f"certify must be None, 'bound' or 'exact', got {certify!r}")
+    if certify is not None and targets is not None:
+        raise ValueError("certification bounds untargeted robustness; drop targets or certify")
+    _preflight(model, x, y, targets, plans, (lo, hi), device, certify)
 
     config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
                         "fingerprint": model_fingerprint(model)},
@@ -98,7 +103,8 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
               "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
               "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
               "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
-              "targets": _describe_targets(targets), "eps": eps}
+              "targets": _describe_targets(targets), "eps": eps, "certify": certify,
+              "certify_time_limit": certify_time_limit if certify == "exact" else None}
     config = jsonable(config)  # what is saved is what a resume compares against
 
     group = dist_util.setup(device)
@@ -218,6 +224,8 @@ def _one_batch(model, x, y, b, bs, plans, config, device, targets, bar=None):
     if tb is not None:
         record["target"] = tb.cpu().tolist()
         record["attacked"] = correct.cpu().tolist()
+    if config.get("certify") and len(xa):
+        record["certify"] = _certify_batch(model, xa, ya, outcomes, config)
     tensors = {"index": index[correct.cpu()], "inputs": xa.cpu()}
     for name, o in outcomes.items():
         tensors[f"adv/{name}"] = o.adversarials
@@ -225,6 +233,26 @@ def _one_batch(model, x, y, b, bs, plans, config, device, targets, bar=None):
             tensors[f"adv_pred/{name}"] = model(o.adversarials.to(device)).argmax(dim=1).cpu() if len(xa) else \
                 torch.zeros(0, dtype=torch.long)
     return record, tensors
+
+
+def _certify_batch(model, x, y, outcomes, config) -> dict[str, list]:
+    """Certified radius (and exact minimal norm) of each attacked sample of a batch, from the
+    best adversarial of all attacks (the upper end of the bracket)."""
+    from .. import certify
+
+    norms = torch.stack([o.norms for o in outcomes.values()])
+    best = norms.argmin(dim=0)
+    advs = torch.stack([o.adversarials for o in outcomes.values()])[best, torch.arange(len(x))]
+    upper = norms.min(dim=0).values.to(x.dtype)
+    p = parse_norm(config["norm"])
+    kw = dict(norm=p, bounds=tuple(config["bounds"]), upper=upper.to(x.device), adversarials=advs.to(x.device))
+    if config["certify"] == "exact":
+        res = certify.exact(model, x, y, time_limit=config["certify_time_limit"], **kw)
+    else:
+        res = certify.lower_bound(model, x, y, **kw)
+    floats = lambda t: [float(v) if math.isfinite(v) else None for v in t.double().tolist()]  # noqa: E731
+    return {"lower": floats(res.lower), "upper": floats(res.upper), "status": list(res.status),
+            "seconds": [float(v) for v in res.seconds.tolist()]}
 
 
 def _every_target(run, x: torch.Tensor, y: torch.Tensor, classes: int):
@@ -268,7 +296,7 @@ def _batch_targets(targets, logits, yb, b, bs, seed) -> torch.Tensor:
     return (yb + torch.randint(1, logits.shape[1], yb.shape, generator=gen).to(yb.device)) % logits.shape[1]
 
 
-def _preflight(model, x, y, targets, plans, bounds, device) -> None:
+def _preflight(model, x, y, targets, plans, bounds, device, certify=None) -> None:
     """Every check that needs the model, before any file is written: the model's output on one
     sample, labels (and targets) against its classes, each attack's hyper-parameters (by a call
     on an empty batch, which validates them and runs nothing)."""
@@ -285,6 +313,10 @@ def _preflight(model, x, y, targets, plans, bounds, device) -> None:
                       **plan.params, **extra)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{plan.name}: {err}") from None
+    if certify is not None:
+        from ..certify import build_graph
+
+        build_graph(model)  # names the first layer it cannot encode
 def _model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
