@@ -110,6 +110,20 @@ def test_default_eps_is_the_runs_median_norm_or_the_radius_they_were_evaluated_a
     assert res.rows[0]["robust_accuracy"] == max(r["robust_accuracy"] for r in res.rows)
 
 
+def test_certified_lower_bound_is_shown_for_runs_that_ran_certification(runs, tmp_path, capsys):
+    _evaluate(tmp_path / "cert", 2, "ddn,deepfool-l2", 2, certify="bound")
+    assert main(["compare", str(runs / "m1"), str(tmp_path / "cert"), "--eps", "0.05", "--out",
+                 str(tmp_path / "cmp")]) == 0
+    assert "certified RA@0.05" in capsys.readouterr().out
+    rows = {r["run"]: r for r in _csv(tmp_path / "cmp" / "compare.csv")}
+    assert rows["m1"]["certified_robust_accuracy"] == ""  # not certified: no number
+    ev = Evaluation.load(tmp_path / "cert")
+    by_hand = sum(s["correct"] and s["certified_radius"] is not None and s["certified_radius"] > 0.05
+                  for s in json.loads((tmp_path / "cert" / "results.json").read_text())["per_sample"]) / N
+    assert float(rows["cert"]["certified_robust_accuracy"]) == pytest.approx(ev.certified_robust_accuracy(0.05))
+    assert by_hand <= float(rows["cert"]["certified_robust_accuracy"]) <= float(rows["cert"]["robust_accuracy"])
+
+
 def test_a_folder_of_both_norms_is_one_run_per_norm(runs):
     res = compare([runs / "m1", runs / "both", runs / "li"], eps="l2=0.3,linf=0.03")
     assert {n: [label for label, _ in part] for n, part in res.groups.items()} == {"l2": ["m1", "both"],

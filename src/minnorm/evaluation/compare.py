@@ -29,11 +29,14 @@ from .results import Evaluation
 from .store import MANIFEST
 
 LEADERBOARD_FIELDS = ["norm", "rank", "run", "folder", "model", "data", "samples", "eps", "clean_accuracy",
-                      "robust_accuracy", "median_norm", "passes_per_sample", "over_budget", "attacks", "warnings"]
+                      "robust_accuracy", "certified_robust_accuracy", "median_norm", "passes_per_sample",
+                      "over_budget", "attacks", "warnings"]
 GLOSSARY = [
     ("RA@eps", "robust accuracy at eps: the fraction of all samples classified correctly and not broken within eps by "
      "any attack of the run (best of all; tolerance rule of docs/evaluation.md). An upper bound on the true robust "
      "accuracy: a run with weaker attacks looks more robust than it is, so compare runs with the same attacks."),
+    ("certified RA@eps", "for runs evaluated with --certify: the fraction of all samples proven robust at eps (a "
+     "lower bound); the true robust accuracy lies between it and RA@eps."),
     ("median norm", "median of the best-of-all norm over the broken samples."),
     ("passes/sample", "forward plus backward passes per attacked sample, all attacks together."),
     ("over budget", "samples that reached the pass budget in some attack."),
@@ -185,7 +188,10 @@ def leaderboard(groups: dict[str, list[tuple[str, Evaluation]]], eps: dict[str, 
             best = ev.row(ALL)
             part.append({"norm": norm, "run": label, "folder": str(ev.folder), "model": model, "data": data,
                          "samples": ev.samples, "eps": eps[norm], "clean_accuracy": ev.clean_accuracy,
-                         "robust_accuracy": ev.robust_accuracy(eps[norm]), "median_norm": best["median_norm"],
+                         "robust_accuracy": ev.robust_accuracy(eps[norm]),
+                         "certified_robust_accuracy": (ev.certified_robust_accuracy(eps[norm])
+                                                       if getattr(ev, "certified", False) else math.nan),
+                         "median_norm": best["median_norm"],
                          "passes_per_sample": best["passes_per_sample"], "over_budget": best["over_budget"],
                          "attacks": ",".join(ev.attack_names), "warnings": len(ev.warnings), "_order": order})
         part.sort(key=lambda r: (-_num(r["robust_accuracy"]), -_num(r["median_norm"]), r["_order"]))
@@ -209,12 +215,18 @@ def eps_text(eps: float) -> str:
 def leaderboard_cells(rows: list[dict[str, Any]], norm: str) -> tuple[list[str], list[list[str]]]:
     part = [r for r in rows if r["norm"] == norm]
     eps = part[0]["eps"] if part else 0.0
-    head = ["#", "run", "model", "data", "samples", "clean accuracy", f"RA@{eps_text(eps)}", "median norm",
-            "passes/sample", "over budget", "warnings"]
-    return head, [[str(r["rank"]), r["run"], r["model"], r["data"], str(r["samples"]), _f(r["clean_accuracy"], True),
-                   _f(r["robust_accuracy"], True), _f(r["median_norm"]),
-                   "-" if not math.isfinite(r["passes_per_sample"]) else f"{r['passes_per_sample']:.1f}",
-                   str(r["over_budget"]), str(r["warnings"])] for r in part]
+    certified = any(not math.isnan(r["certified_robust_accuracy"]) for r in part)
+    head = ["#", "run", "model", "data", "samples", "clean accuracy", f"RA@{eps_text(eps)}"]
+    head += [f"certified RA@{eps_text(eps)}"] if certified else []
+    head += ["median norm", "passes/sample", "over budget", "warnings"]
+    rows = []
+    for r in part:
+        cert = [_f(r["certified_robust_accuracy"], True)] if certified else []
+        rows.append([str(r["rank"]), r["run"], r["model"], r["data"], str(r["samples"]), _f(r["clean_accuracy"], True),
+                     _f(r["robust_accuracy"], True)] + cert
+                    + [_f(r["median_norm"]), "-" if not math.isfinite(r["passes_per_sample"])
+                       else f"{r['passes_per_sample']:.1f}", str(r["over_budget"]), str(r["warnings"])])
+    return head, rows
 
 
 def common_grid(evs: Sequence[Evaluation], points: int = 21) -> list[float]:
