@@ -250,3 +250,14 @@ def test_screenshot_shows_the_curves_the_band_and_the_example_images(run, page, 
     assert near(images, (252, 255, 164), 40) > 20 and near(images, (188, 55, 84), 40) > 20  # inferno colour bar
     blank = region(pixels, [0, page["height"] - 25, 1280, 25])
     assert near(blank, (0, 0, 0), 60) == 0  # the measure can say "nothing drawn"
+
+
+def test_a_certified_run_explains_the_certified_curve_and_the_bracket(tmp_path):
+    figures: dict[str, Figure] = {}
+    ev, _ = _evaluate(tmp_path / "cert", figures, certify="bound")
+    md = (tmp_path / "cert" / "summary.md").read_text()
+    assert "- **certified (lower bound)**: " in md and "- **bracket**: " in md
+    labels = [line.get_label() for line in figures["robust_accuracy.png"].axes[0].get_lines()]
+    assert "certified (lower bound)" in labels
+    plain = report.glossary_markdown(None)
+    assert not any("bracket" in line for line in plain)

@@ -179,14 +179,27 @@ GLOSSARY = [
 ]
 
 
-def glossary_markdown() -> list[str]:
-    return ["## Glossary", ""] + [f"- **{term}**: {text}" for term, text in GLOSSARY] + [""]
+CERTIFIED_TERMS = [
+    ("certified (lower bound)", "the fraction of all samples proven robust at eps by --certify (a certified radius, "
+     "or an exact minimal norm, above eps): the green dashed curve."),
+    ("bracket", "the green band between the certified curve and the best-of-all curve: the true robust accuracy lies "
+     "in it. Where it is narrow, the number is settled."),
+]
 
 
-def glossary_html() -> str:
+def glossary(ev=None) -> list[tuple[str, str]]:
+    """The terms of the report (with the certification terms when ``ev`` ran certification)."""
+    return GLOSSARY + (CERTIFIED_TERMS if getattr(ev, "certified", False) else [])
+
+
+def glossary_markdown(ev=None) -> list[str]:
+    return ["## Glossary", ""] + [f"- **{term}**: {text}" for term, text in glossary(ev)] + [""]
+
+
+def glossary_html(ev=None) -> str:
     e = html.escape
     return ("<h2>Glossary</h2><dl class='glossary'>"
-            + "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in GLOSSARY) + "</dl>")
+            + "".join(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in glossary(ev)) + "</dl>")
 
 
 # --------------------------------------------------------------------------- saved tensors
@@ -350,7 +363,7 @@ def markdown(ev, figures: dict[str, str], preds: dict[str, np.ndarray] | None = 
     conf = confusion_cells(ev, preds)
     out += ["## Clean to adversarial class", ""]
     out += ([conf] if isinstance(conf, str) else [CONFUSION_NOTE, ""] + _md_table(*conf)) + [""]
-    out += glossary_markdown()
+    out += glossary_markdown(ev)
     for key, rel in figures.items():
         out += [f"![{key}]({rel})", ""]
     return "\n".join(out)
@@ -408,7 +421,7 @@ def html_sections(ev, figures: dict[str, Path], preds: dict[str, np.ndarray] | N
             + html_table(head, rows, "summary", ALL) + "<h2>Sanity checks</h2>" + warn
             + f"<h2>Per class</h2><p>{e(PER_CLASS_NOTE)}</p>" + html_table(*per_class(ev), "per-class")
             + "<h2>Clean to adversarial class</h2>" + _confusion_html(ev, preds) + "<h2>Figures</h2>" + imgs
-            + glossary_html())
+            + glossary_html(ev))
 
 
 def html_page(ev, figures: dict[str, Path], preds: dict[str, np.ndarray] | None = None) -> str:
