@@ -17,7 +17,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..core import AttackResult, check_int, check_positive, clip_box, lp_norm, parse_norm, register, start_attack
+from ..core import (AttackResult, available, check_int, check_positive, clip_box, get, lp_norm, parse_norm, register,
+                    start_attack)
 from .ddn import ddn
 from .deepfool import deepfool
 from .piecewise import PiecewiseAffine, RegionOperator
@@ -42,9 +43,10 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
     ``[P, *x]`` in the box) each image gets, for its ``starts`` next most likely classes (the
     target, targeted), the closest reference point the model assigns to that class. One more
-    start always comes from a cheap attack, ``init``: DeepFool (default, untargeted) or DDN with
-    ``init_steps`` steps (``"ddn"``, and always for targeted), so no reference data is needed and
-    an image's result never depends on the rest of the batch. A binary search of
+    start always comes from an attack, ``init``: DeepFool in the attack's norm (default,
+    untargeted; DDN where it fails), DDN with ``init_steps`` steps (``"ddn"``, and for targeted),
+    or any registered minimal-norm attack by name (say ``"tr-linf"``, with its defaults), so no
+    reference data is needed and an image's result never depends on the rest of the batch. A binary search of
     ``search_steps`` steps on the segment to the image follows.
 
     Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
@@ -70,8 +72,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     check_positive("gamma", gamma)
     check_positive("decision_scale", decision_scale)
     check_positive("qp_tol", qp_tol)
-    if init not in ("deepfool", "ddn"):
-        raise ValueError(f"init must be 'deepfool' or 'ddn', got {init!r}")
+    if init not in ("deepfool", "ddn") and not (init in available() and get(init).minimal):
+        raise ValueError(f"init must be 'deepfool', 'ddn' or a registered minimal-norm attack, got {init!r}")
     if not 0.5 <= float(q) <= 1.0:
         raise ValueError(f"q must lie in [0.5, 1], got {q}")
     p = parse_norm(norm)
@@ -107,7 +109,9 @@ def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, st
     """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none); the
     DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm."""
     x0, y = run.inputs[todo], run.labels[todo]
-    if init == "ddn" or run.targeted:
+    if init not in ("deepfool", "ddn") and (get(init).targeted or not run.targeted):
+        res = get(init)(run.model.model, x0, y, targeted=run.targeted, bounds=run.bounds, generator=run.generator)
+    elif init == "ddn" or run.targeted:
         res = ddn(run.model.model, x0, y, targeted=run.targeted, steps=init_steps, bounds=run.bounds,
                   generator=run.generator)
     else:
