@@ -1,6 +1,6 @@
 """Issue 14, item 5: reports a reader takes in at a glance.
 
-One small run (tiny MLP, 10 samples, three attacks) is reported once; the tests read the
+One small run (tiny MLP, 10 samples, three attacks, certified radii) is reported once; the tests read the
 figures matplotlib drew (their texts, lines, colour bar), recompute the per-class table and the
 confusion matrix by hand and with the model, and render report.html in headless Chromium: each
 new element present in the DOM, and a screenshot in which the curves, the band and the example
@@ -62,7 +62,7 @@ def _evaluate(folder: Path, figures: dict[str, Figure], **kwargs):
 def run(tmp_path_factory) -> Run:
     folder = tmp_path_factory.mktemp("report") / "run"
     figures: dict[str, Figure] = {}
-    ev, model = _evaluate(folder, figures)
+    ev, model = _evaluate(folder, figures, certify="bound")
     return Run(ev, folder, model, figures)
 
 
@@ -239,11 +239,13 @@ def test_screenshot_shows_the_curves_the_band_and_the_example_images(run, page, 
         rgb = tuple(int(255 * v) for v in to_rgb(f"C{i}"))
         assert near(curves, rgb, 40) > 300, (ATTACKS[i], near(curves, rgb, 40))  # the legend alone: < 100
     assert near(curves, (0, 0, 0), 60) > 200  # the best-of-all line, axes and text
-    band = [c for c in run.figures["robust_accuracy.png"].axes[0].collections][0]
-    r, g, b, alpha = band.get_facecolor()[0]
-    over_white = tuple(int(255 * (1 - alpha * (1 - v))) for v in (r, g, b))
-    assert max(over_white) - min(over_white) > 8  # a tint, told apart from the white page and the grey grid
-    assert near(curves, over_white, 4) > 2000  # the band is a filled area, not a line
+    bands = run.figures["robust_accuracy.png"].axes[0].collections
+    assert len(bands) == 2
+    for band in bands:  # the attacks' spread and the certified bracket
+        r, g, b, alpha = band.get_facecolor()[0]
+        over_white = tuple(int(255 * (1 - alpha * (1 - v))) for v in (r, g, b))
+        assert max(over_white) - min(over_white) > 8  # a tint, told apart from the white page and the grey grid
+        assert near(curves, over_white, 4) > 2000, band.get_label()  # a filled area, not a line
     images = region(pixels, page["images"]["examples"]["box"])
     assert images.shape[0] > 150
     assert (images.min(axis=-1) < 0.9).mean() > 0.2  # images and heat maps, not a blank figure
@@ -252,12 +254,9 @@ def test_screenshot_shows_the_curves_the_band_and_the_example_images(run, page, 
     assert near(blank, (0, 0, 0), 60) == 0  # the measure can say "nothing drawn"
 
 
-def test_a_certified_run_explains_the_certified_curve_and_the_bracket(tmp_path):
-    figures: dict[str, Figure] = {}
-    ev, _ = _evaluate(tmp_path / "cert", figures, certify="bound")
-    md = (tmp_path / "cert" / "summary.md").read_text()
+def test_a_certified_run_explains_the_certified_curve_and_the_bracket(run):
+    md = (run.folder / "summary.md").read_text()
     assert "- **certified (lower bound)**: " in md and "- **bracket**: " in md
-    labels = [line.get_label() for line in figures["robust_accuracy.png"].axes[0].get_lines()]
+    labels = [line.get_label() for line in run.figures["robust_accuracy.png"].axes[0].get_lines()]
     assert "certified (lower bound)" in labels
-    plain = report.glossary_markdown(None)
-    assert not any("bracket" in line for line in plain)
+    assert not any("bracket" in line for line in report.glossary_markdown(None))  # not for uncertified runs
