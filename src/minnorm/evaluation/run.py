@@ -77,12 +77,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
         epsilons = eps
     check_eval_mode(model)
     grid = check_grid(grid)
-    lo, hi = (float(b) for b in bounds)
-    if not lo < hi:
-        raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
-    if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
-        raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
-                         f"{float(x.max()):g}]; rescale the data or pass bounds=")
+    lo, hi = _check_box(x, bounds)
     plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick,
                        targeted=targets is not None)
     for plan in plans:
@@ -90,10 +85,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
             plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, (lo, hi))
     device = torch.device(device) if device is not None else _model_device(model)
     targets = _check_targets(targets, y)
-    if certify not in (None, "bound", "exact"):
-        raise ValueError(f"certify must be None, 'bound' or 'exact', got {certify!r}")
-    if certify is not None and targets is not None:
-        raise ValueError("certification bounds untargeted robustness; drop targets or certify")
+    _check_certify(certify, targets)
     _preflight(model, x, y, targets, plans, (lo, hi), device, certify)
 
     config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
@@ -114,6 +106,23 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
                     keep_tensors=keep_tensors)
     finally:
         group.close()
+
+
+def _check_box(x: torch.Tensor, bounds) -> tuple[float, float]:
+    lo, hi = (float(b) for b in bounds)
+    if not lo < hi:
+        raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
+    if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
+        raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
+                         f"{float(x.max()):g}]; rescale the data or pass bounds=")
+    return lo, hi
+
+
+def _check_certify(certify, targets) -> None:
+    if certify not in (None, "bound", "exact"):
+        raise ValueError(f"certify must be None, 'bound' or 'exact', got {certify!r}")
+    if certify is not None and targets is not None:
+        raise ValueError("certification bounds untargeted robustness; drop targets or certify")
 
 
 def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -> None:
