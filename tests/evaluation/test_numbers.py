@@ -110,3 +110,16 @@ def test_compare_keeps_two_norms_apart(data_file, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "l2"), str(tmp_path / "linf"), "--eps", "l2=0.5,linf=8/255"]) == 0
     out = capsys.readouterr().out
     assert "l2: robust accuracy at eps = 0.5" in out and "linf: robust accuracy at eps = 8/255" in out
+
+
+def test_full_parameters_are_recorded(data_file, tmp_path):
+    """Item 14: `"parameters": {}` was recorded for ddn; now signature and registry defaults too."""
+    out = tmp_path / "out"
+    assert main(["attack", "--attack", "ddn", "--param", "steps=7", "--model", MODEL, "--data", data_file[0],
+                 "--out", str(out), "--device", "cpu"]) == 0
+    params = json.loads((out / "attack.json").read_text())["parameters"]
+    assert params["steps"] == 7 and params["gamma"] == 0.05 and params["init_norm"] == 1.0 and "levels" in params
+    saved = json.loads((out / "results.json").read_text())["config"]["attacks"][0]["params"]
+    assert saved == params
+    tr = minnorm.attacks.get("tr-linf").parameters()
+    assert tr["norm"] == float("inf") and tr["refine_steps"] == 10 and "steps" in tr
