@@ -71,11 +71,9 @@ def attacks(p: float, passes: int, k: int) -> dict[str, tuple[Callable, str]]:
     fab_steps = max(passes // (k + 1), 1)  # 1 forward + (K - 1) backward + ~1 extra forward when adversarial
     t = min(3, k - 1)
     out = {
-        "minnorm fmn": (ours("fmn", steps=half), f"steps={half}"),
         "minnorm fmn-t3": (ours("fmn", steps=half, targets=t), f"targets={t}, steps={half} in all"),
         "minnorm fab": (ours("fab", steps=fab_steps), f"steps={fab_steps}"),
         "minnorm fab-t3": (ours("fab", steps=passes // (3 * t), targets=t), f"targets={t}, steps={passes // (3 * t)} each"),
-        "minnorm apgd-dlr": (ours("apgd", steps=half), f"steps={half}, round_steps=50"),
         "minnorm apgd-t3": (ours("apgd", steps=half, targets=t), f"targets={t}, steps={half} in all"),
     }
     out["adv_lib fmn"] = (lambda m, x, y, p: _adv_lib("fast_minimum_norm.fmn")(m, x, y, norm=p, steps=half),
