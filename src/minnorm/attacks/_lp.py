@@ -155,7 +155,7 @@ def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
         if bool(done.any()):
             out.store(s, done)
             s, sel = s.keep(~done), sel[~done]
-            if 0 < sel.numel() <= 3 * base.n // 4:
+            if 0 < sel.numel() <= 7 * base.n // 8:
                 base, sel = base.restrict(sel), torch.arange(sel.numel(), device=dev)
     out.store(s, torch.ones_like(s.rows, dtype=torch.bool))
     feasible = torch.isfinite(out.best_norm)

@@ -149,7 +149,7 @@ def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
             out.store(s, done)
             s = s.keep(~done)
             sel = sel[~done]
-            if 0 < sel.numel() <= 3 * base.n // 4:
+            if 0 < sel.numel() <= 7 * base.n // 8:
                 # re-linearise on the rows left, so that finished rows stop costing compute too
                 base, sel = base.restrict(sel), torch.arange(sel.numel(), device=dev)
     out.store(s, torch.ones_like(s.rows, dtype=torch.bool))
