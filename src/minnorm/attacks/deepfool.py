@@ -119,4 +119,5 @@ def deepfool(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
 for _p, _name in ((2.0, "deepfool-l2"), (math.inf, "deepfool-linf")):
     register(_name, deepfool, norm=_p, minimal=True, targeted=False, paper="Moosavi-Dezfooli et al. 2016",
              description="DeepFool: iterated minimal steps onto the nearest linearised boundary",
-             defaults={"norm": _p}, quick={"max_iterations": 20})
+             defaults={"norm": _p}, quick={"max_iterations": 20},
+             roles={"fooling": {}})  # the minimal norms of Balda et al.'s robustness measures

@@ -150,7 +150,8 @@ for _p, _name in ((1, "pgd-l1"), (2, "pgd-l2"), (math.inf, "pgd-linf")):
     register(_name, pgd, norm=_p, minimal=False, targeted=True,
              paper="Madry et al. 2018" + ("; SLIDE step, Tramer & Boneh 2019" if _p == 1 else ""),
              description=f"projected gradient descent in the {_name[4:]} ball, random start",
-             defaults={"norm": _p}, quick={"eps": {1: 10.0, 2: 1.0}.get(_p, 0.1), "steps": 10})
+             defaults={"norm": _p}, quick={"eps": {1: 10.0, 2: 1.0}.get(_p, 0.1), "steps": 10},
+             roles={"madry-training": {}})  # training uses madry_pgd (last iterate, every step)
 register("bim", bim, norm=math.inf, minimal=False, targeted=True, paper="Kurakin et al. 2017",
          description="basic iterative method (I-FGSM): PGD linf from the clean input",
          quick={"eps": 0.1, "steps": 5})

@@ -158,6 +158,8 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
         try:
             model = factory(**(model_args or {}))
         except TypeError as err:
+            if not model_args:
+                raise
             raise ValueError(f"--model {spec}: the factory does not take these arguments ({err})") from None
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
@@ -308,7 +310,7 @@ def _is_number(text: str) -> bool:
 
 
 def registry_rows() -> list[list[str]]:
-    from ..attacks import specs  # importing the package registers every attack
+    from ..core import specs
 
     return [[s.name, s.norm_name, "minimal" if s.minimal else "fixed eps", "yes" if s.targeted else "no", s.paper]
             for s in specs()]
@@ -318,6 +320,4 @@ REGISTRY_HEADERS = ["attack", "norm", "kind", "targeted", "paper"]
 
 
 def get_attack(name: str) -> AttackSpec:
-    from .. import attacks  # noqa: F401  (registers every attack module)
-
     return get(name)

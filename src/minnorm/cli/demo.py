@@ -60,7 +60,7 @@ def default_eps(norm: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import attacks as registry
+    from ..core import registry
     from .. import evaluation
 
     requested = parse_attacks(args.attacks)

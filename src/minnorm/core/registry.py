@@ -1,6 +1,7 @@
 """The attack registry: the only way the CLI and the evaluation find attacks."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class AttackSpec:
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # what else uses it: role -> extra params
 
     def __call__(self, model, inputs, labels, **kwargs) -> AttackResult:
         return self.fn(model, inputs, labels, **{**self.defaults, **kwargs})
@@ -90,16 +92,23 @@ _REGISTRY: dict[str, AttackSpec] = {}
 
 def register(name: str, fn: Callable[..., AttackResult], *, norm: float, minimal: bool, targeted: bool,
              paper: str, description: str = "", defaults: dict[str, Any] | None = None,
-             quick: dict[str, Any] | None = None) -> AttackSpec:
+             quick: dict[str, Any] | None = None, roles: dict[str, dict[str, Any]] | None = None) -> AttackSpec:
     if name in _REGISTRY:
         raise ValueError(f"attack {name!r} is already registered")
     spec = AttackSpec(name, fn, float(norm), minimal, targeted, paper, description or (fn.__doc__ or "").strip().split("\n")[0],
-                      dict(defaults or {}), dict(quick or {}))
+                      dict(defaults or {}), dict(quick or {}), {k: dict(v) for k, v in (roles or {}).items()})
     _REGISTRY[name] = spec
     return spec
 
 
+def _load() -> None:
+    """The attack modules register themselves when ``minnorm.attacks`` is imported; the registry
+    imports it on first use, so no caller has to import it for that side effect."""
+    importlib.import_module("minnorm.attacks")
+
+
 def get(name: str) -> AttackSpec:
+    _load()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -107,10 +116,21 @@ def get(name: str) -> AttackSpec:
 
 
 def available() -> list[str]:
+    _load()
     return sorted(_REGISTRY)
 
 
 def specs() -> list[AttackSpec]:
     return [_REGISTRY[n] for n in available()]
+
+
+def with_role(role: str, norm: float) -> tuple[AttackSpec, dict[str, Any]]:
+    """The registered attack that fills ``role`` in the lp norm ``norm`` (the first one with no
+    extra parameters for it, else the first), and those parameters; a ValueError if none."""
+    found = [s for s in specs() if role in s.roles and s.norm == norm]
+    if not found:
+        raise ValueError(f"no registered attack has the role {role!r} in the l{norm:g} norm")
+    best = min(found, key=lambda s: (bool(s.roles[role]), s.name))
+    return best, dict(best.roles[role])
 
 

@@ -22,7 +22,7 @@ PRESETS = {"l2": ["ddn", "fmn-l2", "tr-l2"], "linf": ["fmn-linf", "tr-linf", "de
 
 def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -> dict[str, list[str]]:
     """``{norm name: attack names}``: the attacks of each norm, or its preset."""
-    from .. import attacks as registry
+    from ..core import registry
 
     wanted = [norm_name(parse_norm(n)) for n in norms]
     if len(set(wanted)) != len(wanted):

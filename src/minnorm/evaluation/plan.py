@@ -82,7 +82,7 @@ def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], n
                search_max: float | None = None, quick: bool = False, targeted: bool = False) -> list[AttackPlan]:
     """Attack plans from names (``"ddn,fgsm"``, ``["ddn", ("pgd-l2", {"steps": 20})]`` or
     ``{"ddn": {"steps": 50}}``), checked against the registry and the evaluation's norm."""
-    from .. import attacks as registry  # importing the package registers every attack
+    from ..core import registry
 
     p = parse_norm(norm)
     if isinstance(attacks, str):

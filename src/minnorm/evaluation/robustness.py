@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..core import dual_exponent, get, lp_norm, parse_norm
+from ..core import dual_exponent, get, lp_norm, parse_norm, with_role
 
 __all__ = ["RobustnessReport", "feasibility_bound", "minimal_norms", "rho_hat_1", "rho_hat_2", "robustness_measures",
            "smallest_fooling_eps"]
@@ -79,14 +79,10 @@ def rho_hat_2(model, inputs: torch.Tensor, *, norm: float | str = "inf", **kwarg
 
 
 def _attack_name(norm: float) -> tuple[str, dict[str, Any]]:
-    """DeepFool from the registry; for norms it lacks, the minimal-norm form (8) with the
-    linearised class choice, whose step is DeepFool's for any p."""
-    tag = "linf" if math.isinf(norm) else f"l{norm:g}"
-    try:
-        get(f"deepfool-{tag}")
-        return f"deepfool-{tag}", {}
-    except ValueError:
-        return f"convex-min-{tag}", {"class_choice": "linearised"}
+    """The registered attack with the ``fooling`` role in this norm (DeepFool where it exists,
+    else the minimal-norm form (8) with the linearised class choice, DeepFool's step for any p)."""
+    spec, extra = with_role("fooling", norm)
+    return spec.name, extra
 
 
 def minimal_norms(model, inputs: torch.Tensor, labels: torch.Tensor | None = None, *, norm: float | str = "inf",
@@ -94,8 +90,6 @@ def minimal_norms(model, inputs: torch.Tensor, labels: torch.Tensor | None = Non
                   **params: Any) -> torch.Tensor:
     """Per-sample minimal-norm perturbation sizes from a registered minimal-norm attack
     (DeepFool by default), ``inf`` where it failed; labels default to the model's predictions."""
-    from .. import attacks  # noqa: F401  (importing the package registers every attack)
-
     p = parse_norm(norm)
     name, extra = (attack, {}) if attack else _attack_name(p)
     spec = get(name)

@@ -1,6 +1,7 @@
 """The pluggable adversary of adversarial training: any registered attack, looked up by name.
 
-``pgd-linf`` / ``pgd-l2`` / ``pgd-l1`` give Madry et al. (2018) training: the training images
+The attacks with the ``madry-training`` role (``pgd-linf``, ``pgd-l2``, ``pgd-l1``)
+give Madry et al. (2018) training: the training images
 come from :func:`~minnorm.training.pgd.madry_pgd`, which runs every step and returns the last
 iterate (the registered PGD attack stops at the first adversarial point and returns the clean
 input where it fails, which suits evaluation, not Madry's inner maximisation). ``ddn`` gives DDN
@@ -29,9 +30,8 @@ from torch import nn
 from ..core import AttackSpec, clip_box, lp_norm, project_lp_ball
 from .pgd import madry_pgd
 
-__all__ = ["MADRY_NORMS", "Adversary", "attack_mode"]
+__all__ = ["Adversary", "attack_mode"]
 
-MADRY_NORMS = {"pgd-linf": math.inf, "pgd-l2": 2.0, "pgd-l1": 1.0}
 _MADRY_KEYS = set(inspect.signature(madry_pgd).parameters) - {"model", "x", "y", "norm", "generator"}
 
 
@@ -66,9 +66,9 @@ class Adversary:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from .. import attacks  # noqa: F401  (late import: the attack modules register on import)
         from ..core import get
         self.spec: AttackSpec = get(self.name)
+        self.madry = "madry-training" in self.spec.roles
         self.kwargs = dict(self.kwargs)
         if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
             raise ValueError(f"max_norm must be > 0 and finite, got {self.max_norm}")
@@ -86,7 +86,7 @@ class Adversary:
         # A minimal-norm attack that takes max_norm (DDN does) caps its own output and returns
         # the training input of every sample, found or not, in info["perturbed"].
         self._train_kwargs = dict(self.kwargs)
-        if self.name in MADRY_NORMS:
+        if self.madry:
             unknown = sorted(set(self.kwargs) - _MADRY_KEYS)
             if unknown:
                 raise ValueError(f"Madry PGD training takes {', '.join(sorted(_MADRY_KEYS))}; "
@@ -106,9 +106,9 @@ class Adversary:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Adversarial training images: the attack's output with its perturbation in the max_norm ball."""
-        if self.name in MADRY_NORMS:
+        if self.madry:
             with attack_mode(model):
-                return madry_pgd(model, x, y, norm=MADRY_NORMS[self.name], generator=generator,
+                return madry_pgd(model, x, y, norm=self.spec.norm, generator=generator,
                                  **self._train_kwargs)
         result = self._run(model, x, y, generator, self._train_kwargs)
         if "perturbed" in result.info:
