@@ -252,18 +252,18 @@ def _frozen_pool(z: torch.Tensor, idx: torch.Tensor, geometry, keep: torch.Tenso
     non-overlapping pool are read through a strided view instead of being unfolded)."""
     b, c = z.shape[:2]
     out = z.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-    if dst is None:
-        windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
-        return out, (out.flatten(2)[:, :, None, :] - windows) * keep
     k = geometry[0]
-    if tiles:
+    if tiles and z.is_contiguous():  # windows as a strided view: no unfold forward, no fold backward
         h, w = out.shape[2:]
         windows = z.view(b, c, h, k[0], w, k[1]).permute(0, 1, 3, 5, 2, 4)  # [b, c, ki, kj, h, w]
-        target = dst.view(b, c, k[0], k[1], h, w)
-        cons = torch.sub(out[:, :, None, None], windows, out=target).view(keep.shape)
-    else:
-        windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
-        cons = torch.sub(out.flatten(2)[:, :, None, :], windows, out=dst.view(windows.shape))
+        mask = keep.view(windows.shape)
+        if dst is None:
+            return out, ((out[:, :, None, None] - windows) * mask).reshape(keep.shape)
+        return out, torch.sub(out[:, :, None, None], windows, out=dst.view(windows.shape)).mul_(mask).view(keep.shape)
+    windows = F.unfold(z, *geometry).view(b, c, keep.shape[2], -1)
+    if dst is None:
+        return out, (out.flatten(2)[:, :, None, :] - windows) * keep
+    cons = torch.sub(out.flatten(2)[:, :, None, :], windows, out=dst.view(windows.shape))
     return out, cons.mul_(keep)
 
 
@@ -373,14 +373,16 @@ class RegionOperator:
         """``b = F(x0)`` of the frozen network (one JVP)."""
         return self.value + self.jvp(self.x0 - self.y)
 
+    # A = -J_F: the sign goes on the small (input-sized) side, which is exact in floating point
+
     def matvec(self, v: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        return -self.jvp(v, rows)
+        return -self.jvp(v, rows) if self.forward_mode else self.jvp(-v, rows)
 
     def rmatvec(self, mu: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         self._charge(rows, backward=1)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self._out, self._yy, -mu, retain_graph=True)
-        return grad
+            (grad,) = torch.autograd.grad(self._out, self._yy, mu, retain_graph=True)
+        return -grad
 
     def restrict(self, rows: torch.Tensor) -> "RegionOperator":
         counts, index, owner = self._tally
