@@ -80,3 +80,18 @@ def test_bad_settings():
         fmn(model, x, y, gamma_init=1.5)
     with pytest.raises(ValueError, match="alpha_init"):
         fmn(model, x, y, alpha_init=0.0)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_fmn_t_finds_the_class_untargeted_misses(p):
+    """Multi-class affine with the box: plain FMN follows the strongest other class, which need
+    not be the nearest; FMN-T over every class reaches the exact minimum."""
+    model = affine_model(k=3, seed=0)
+    x = inputs(12, edge=True)
+    y = model(x).argmax(1)
+    ref = untargeted_minimum(model, x, y, p, (0.0, 1.0))
+    plain = fmn(model, x, y, norm=p, steps=300)
+    over = fmn(model, x, y, norm=p, steps=600, targets=2)
+    assert float((plain.norms / ref).max()) > 1.05, "this instance no longer shows the effect"
+    assert bool((over.norms >= ref * (1 - 1e-9)).all())
+    torch.testing.assert_close(over.norms, ref, rtol=1e-3, atol=0)
