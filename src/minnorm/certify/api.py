@@ -20,6 +20,11 @@ __all__ = ["DEFAULT_ATTACKS", "CertifyResult", "exact", "lower_bound"]
 
 DEFAULT_ATTACKS = {math.inf: "tr-linf", 2.0: "ddn", 1.0: "convex-min-l1"}
 REL_TOL = 1e-4  # "exact" when the proven lower bound is within this relative distance of the witness
+ABS_TOL = 1e-7  # ... or within this absolute distance: float32's resolution of inputs in [0, 1] is 6e-8
+
+
+def _close(lower: float, upper: float) -> bool:
+    return math.isfinite(upper) and upper - lower <= REL_TOL * upper + ABS_TOL
 
 
 @dataclass
@@ -123,7 +128,7 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     witnesses, upper_out = _check_attack_witnesses(model, inputs, labels, advs, up, p, box)
     lower = torch.where(wrong, torch.zeros_like(lower), torch.minimum(lower, upper_out))
     upper_out = torch.where(wrong, torch.zeros_like(upper_out), upper_out)
-    status = ["misclassified" if w else ("exact" if math.isfinite(u) and u - lo <= REL_TOL * u else "certified")
+    status = ["misclassified" if w else ("exact" if _close(lo, u) else "certified")
               for w, lo, u in zip(wrong.tolist(), lower.tolist(), upper_out.tolist())]
     lower = torch.where(torch.tensor([s == "exact" for s in status]), upper_out, lower)
     per = (time.perf_counter() - start) / max(b, 1)
@@ -182,7 +187,7 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
             witnesses[i], upper_out[i] = wit, wnorm
         lo = max(float(lower[i]), min(bound, float(upper_out[i])))
         info["targets_solved"][i], info["solver_bound"][i] = solved, bound
-        proven = math.isfinite(upper_out[i]) and float(upper_out[i]) - lo <= REL_TOL * float(upper_out[i])
+        proven = _close(lo, float(upper_out[i]))
         status[i] = "exact" if proven else "bracket"
         lower[i] = upper_out[i] if proven else lo
         seconds[i] += time.perf_counter() - t0
@@ -207,7 +212,8 @@ def _solve_sample(model, graph, x, label, p, box, cutoff, clean_logits, adv, tim
             bound = 0.0  # targets left unsolved: only the certified radius bounds them
             break
         cut = min(cutoff, best_n * (1 + 1e-9))
-        neurons = tighten(graph, x0, label, j, p, res.neurons, cut, box, start + time_limit)
+        # bound tightening gets at most half of what is left, the branch and bound the rest
+        neurons = tighten(graph, x0, label, j, p, res.neurons, cut, box, time.perf_counter() + left / 2)
         if neurons is None:  # even the LP relaxation cannot reach target j within the cutoff
             bound, solved = min(bound, cut), solved + 1
             continue

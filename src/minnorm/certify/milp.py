@@ -261,13 +261,17 @@ def tighten(graph: Graph, x0: torch.Tensor, label: int, target: int, p: float,
     included), layer by layer, re-encoding with the tightened bounds before the next layer
     (Tjeng et al. 2019, Sec. 4.1, with the target's constraint added). The bounds only need to
     hold on this target's feasible set, so they may be much tighter than bound propagation's.
-    L2 balls enter the LP through their Linf box only. Stops at ``deadline`` (perf_counter)."""
+    L2 balls enter the LP through their Linf box only. Layers that are affine in the input are
+    skipped (their propagated bounds are exact). Stops at ``deadline`` (perf_counter)."""
     import time
 
     from .solvers import lp_bounds
     neurons = {k: (lo.clone(), up.clone()) for k, (lo, up) in neurons.items()}
+    static: list[bool] = []  # affine in the input: bound propagation's bounds are already exact there
+    for op in graph.ops:
+        static.append(op.kind == "input" or (op.kind in ("affine", "add") and all(static[j] for j in op.inputs)))
     for i, op in enumerate(graph.ops):
-        if op.kind != "relu" or time.perf_counter() > deadline:
+        if op.kind != "relu" or static[op.inputs[0]] or time.perf_counter() > deadline:
             continue
         lo, up = neurons[i]
         flat_l, flat_u = lo.view(-1), up.view(-1)
