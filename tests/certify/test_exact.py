@@ -158,11 +158,31 @@ def test_mlp_tiny_bracket(p):
     _check_bracket(model, x[:2], y[:2], p)
 
 
-@pytest.mark.parametrize("p", NORMS)
+def _mini_conv() -> nn.Module:
+    """Conv(1->2, 3x3) -> ReLU -> MaxPool(2) -> Flatten -> Linear(8, 3) on 1x4x4 inputs: small
+    enough for SCIP's L2 MIQP within the test budget."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+        with torch.no_grad():
+            net[0].weight.mul_(4)
+            net[0].bias.copy_(-0.5 * net[0].weight.flatten(1).sum(1))
+    return net.eval()
+
+
+@pytest.mark.parametrize("p", [math.inf, 1.0])
 def test_small_conv_bracket(p):
     model = tiny_cnn()
     x = tiny_inputs(2)
     _check_bracket(model, x, true_labels(model, x), p)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_mini_conv_bracket(p):
+    model = _mini_conv()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    _check_bracket(model, x, y, p)
 
 
 @pytest.mark.parametrize("p", NORMS)

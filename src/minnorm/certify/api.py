@@ -97,13 +97,17 @@ def _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attac
 def verify_witness(model, x0: torch.Tensor, candidate: torch.Tensor, label: int, p: float,
                    box: tuple[float, float]) -> tuple[torch.Tensor | None, float]:
     """A float32 (the model's own dtype) forward pass decides whether ``candidate`` flips the
-    model; if it lands exactly on the decision boundary it is pushed outward along the segment
+    model by a margin of 1e-6 (relative to the largest logit) so that the flip survives rounding;
+    if it lands on the decision boundary it is pushed outward along the segment
     from ``x0`` by relative steps 1e-8 ... 1e-3. Returns ``(witness, norm)`` or ``(None, inf)``."""
     cand = candidate.to(x0.dtype).clamp(*box)
     with torch.no_grad():
         for s in (0.0, 1e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3):
             x = (x0 + (1 + s) * (cand - x0)).clamp(*box) if s else cand
-            if int(model(x[None]).argmax(1)) != label:
+            z = model(x[None])[0].double()
+            other = torch.cat([z[:label], z[label + 1:]]).max()
+            # a clear flip, not a tie that batch composition or rounding could turn back
+            if float(other - z[label]) > 1e-6 * max(1.0, float(z.abs().max())):
                 return x, float(lp_norm((x - x0)[None].double(), p))
     return None, math.inf
 
