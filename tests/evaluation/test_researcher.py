@@ -133,3 +133,15 @@ def test_both_norms_in_one_run(data, tmp_path, capsys):
         minnorm.evaluation.norms.split_attacks(["l2"], ["fmn-linf"])
     assert main(["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--attacks", "ddn",
                  "--eps", "l2=0.5"]) == 2
+
+
+def test_standard_preset_is_the_default(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    base = ["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--quick", "--device", "cpu"]
+    assert main(base + ["--norm", "inf"]) == 0  # no attack named: the standard ensemble of the norm
+    assert "ensemble-linf" in capsys.readouterr().out
+    assert main(base + ["--preset", "standard", "--norm", "2", "--eps", "0.5"]) == 0
+    assert "ensemble-l2" in capsys.readouterr().out
+    assert main(base + ["--preset", "standard", "--attacks", "ddn"]) == 2
+    assert minnorm.evaluation.norms.split_attacks(["l1"], None) == {"l1": ["ensemble-l1"]}

@@ -26,6 +26,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--attacks", metavar="A,B,...", help="registered attack names (minnorm attack --list); with "
                                                        "--norms, of any of them (default there: a preset per norm)")
     p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's)")
+    p.add_argument("--preset", choices=["standard"], help="standard: the standard ensemble of the norm "
+                                                          "(ensemble-NORM: cheap attacks first, costly ones where "
+                                                          "they disagree, 2000 passes per sample); the default "
+                                                          "when no attack is named")
     p.add_argument("--norms", metavar="N,N", help="several norms in one run, e.g. l2,linf: one evaluation per norm "
                                                   "in OUT/<norm>/ and one report with a section per norm")
     p.add_argument("--param", action="append", metavar="ATTACK.KEY=VALUE", default=[],
@@ -106,11 +110,20 @@ def load_data_checked(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation
+    from ..core import parse_norm
+    from ..evaluation.plan import norm_name
     from ..evaluation.plan import parse_grid
 
     c.check_out(args.out)  # before anything runs
     if not args.attacks and not args.norms:
-        raise ValueError("name the attacks (--attacks ddn,tr-l2) or the norms (--norms l2,linf: a preset per norm)")
+        if not args.norm:
+            raise ValueError("name the attacks (--attacks ddn,tr-l2), or a norm (--norm inf: its standard ensemble), "
+                             "or several (--norms l2,linf)")
+        args.preset = "standard"
+    if args.preset and args.attacks:
+        raise ValueError("--preset and --attacks exclude each other")
+    if args.preset and not args.norms:
+        args.attacks = f"ensemble-{norm_name(parse_norm(args.norm or 'inf'))}"
     names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
     params = attack_params(args.param, names)

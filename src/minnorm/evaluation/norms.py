@@ -15,9 +15,8 @@ from ..core import parse_norm
 from .plan import norm_name
 from .results import Evaluation
 
-# Cheap and strong minimal-norm attacks per norm (documented in docs/evaluation.md).
-PRESETS = {"l2": ["ddn", "fmn-l2", "tr-l2"], "linf": ["fmn-linf", "tr-linf", "deepfool-linf"],
-           "l1": ["fmn-l1", "fab-l1"]}
+# The standard ensemble per norm (minnorm.attacks.ensemble): the default when no attack is named.
+PRESETS = {"l2": ["ensemble-l2"], "linf": ["ensemble-linf"], "l1": ["ensemble-l1"]}
 
 
 def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -> dict[str, list[str]]:

@@ -1,0 +1,50 @@
+"""The standard ensemble (ensemble-l1/l2/linf): cheap members first, costly ones where they disagree."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from affine_oracle import affine_model, inputs, untargeted_minimum
+from helpers import tiny_inputs, tiny_mlp, true_labels
+
+import minnorm
+from minnorm.attacks.ensemble import STAGES
+
+
+@pytest.mark.parametrize("p", [math.inf, 2.0, 1.0])
+def test_reaches_the_affine_minimum(p):
+    model = affine_model(k=4)
+    x = inputs(6, edge=True)
+    y = model(x).argmax(1)
+    want = untargeted_minimum(model, x, y, p, (0.0, 1.0))
+    res = minnorm.attacks.ensemble(model, x, y, norm=p, quick_members=True)
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.norms, want, rtol=2e-3, atol=1e-7)
+    assert bool((res.norms >= want * (1 - 1e-6)).all()), "below the exact minimum"
+
+
+def test_best_of_members_within_the_total_budget():
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(8, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = minnorm.attacks.ensemble(model, x, y, norm=math.inf, total_passes=600)
+    assert int(res.passes.max()) <= 600
+    alone = minnorm.attacks.get("deepfool-linf")(model, x, y)  # deterministic first member
+    assert bool((res.norms <= alone.norms * (1 + 1e-9)).all()), "the ensemble lost a member's adversarial"
+    stages = res.info["passes_per_stage"]
+    assert stages.shape == (len(STAGES[math.inf]), 8) and bool((stages[0] > 0).all())
+    members = res.info["members"]
+    assert members[0] == "deepfool-linf" and int(res.info["found_by"].min()) >= 0
+
+
+def test_costly_stage_only_where_the_cheap_ones_disagree():
+    """On an affine model FMN and FAB both find the exact minimum, so stage 2 never runs."""
+    model = affine_model(k=3)
+    x = inputs(5)
+    y = model(x).argmax(1)
+    res = minnorm.attacks.ensemble(model, x, y, norm=2.0, gap=0.01, quick_members=True,
+                                   stages=[[("fmn-l2", {}), ("fab-l2", {})], [("ddn", {})]])
+    assert bool((res.info["passes_per_stage"][1] == 0).all())
+    forced = minnorm.attacks.ensemble(model, x, y, norm=2.0, gap=0.0, quick_members=True,
+                                      stages=[[("ddn", {})], [("fmn-l2", {})]])
+    assert bool((forced.info["passes_per_stage"][1] > 0).all())  # one member: no second opinion, so go on
