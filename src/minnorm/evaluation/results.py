@@ -50,14 +50,7 @@ def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> d
         cols = {"norm": np.full(n, np.nan), "relative": np.full(n, np.nan), "passes": np.zeros(n, dtype=np.int64),
                 "over_budget": np.zeros(n, dtype=bool), "seconds": np.zeros(n)}
         hits = {f"{e:g}": np.zeros(n, dtype=bool) for e in p.get("epsilons", [])}
-        start = 0
-        for r in records:
-            size = len(r["index"])
-            attacked = r["attacked"] if "attacked" in r else np.asarray(r["label"]) == np.asarray(r["clean_pred"])
-            rows = start + np.flatnonzero(np.asarray(attacked, dtype=bool))
-            start += size
-            if len(rows) == 0:
-                continue
+        for r, rows in _attacked_rows(records):
             got = r["attacks"][a]
             cols["norm"][rows] = [np.inf if v is None else v for v in got["norm"]]
             cols["relative"][rows] = [np.nan if v is None else v for v in got["relative"]]
@@ -77,20 +70,26 @@ def build_table(records: list[dict[str, Any]], plans: list[dict[str, Any]]) -> d
     return table
 
 
+def _attacked_rows(records: list[dict[str, Any]]):
+    """Per batch record (in order), the global table rows of the samples it attacked (if any)."""
+    start = 0
+    for r in records:
+        attacked = r["attacked"] if "attacked" in r else np.asarray(r["label"]) == np.asarray(r["clean_pred"])
+        rows = start + np.flatnonzero(np.asarray(attacked, dtype=bool))
+        start += len(r["index"])
+        if len(rows):
+            yield r, rows
+
+
 def _certify_columns(table: dict[str, np.ndarray], records: list[dict[str, Any]]) -> None:
     """``certified_radius`` (a proven lower bound on the minimal norm), ``exact_norm`` (where a
     solver proved it; nan elsewhere), ``certify_status`` and ``certify_seconds`` per sample."""
     n = len(table["index"])
     lower, exact = np.full(n, np.nan), np.full(n, np.nan)
     status, seconds = np.full(n, "", dtype=object), np.zeros(n)
-    start = 0
-    for r in records:
-        size = len(r["index"])
-        attacked = r["attacked"] if "attacked" in r else np.asarray(r["label"]) == np.asarray(r["clean_pred"])
-        rows = start + np.flatnonzero(np.asarray(attacked, dtype=bool))
-        start += size
+    for r, rows in _attacked_rows(records):
         got = r.get("certify")
-        if got is None or not len(rows):
+        if got is None:
             continue
         lower[rows] = [np.inf if v is None else v for v in got["lower"]]
         ex = [np.inf if u is None else u for u in got["upper"]]
