@@ -35,7 +35,9 @@ class CertifyResult:
     model), ``bracket`` (time ran out), ``certified`` (bound propagation only), or
     ``misclassified`` (the clean input is already adversarial: both bounds 0). ``witnesses``
     hold an input achieving ``upper`` (verified by a float32 forward pass of the model; the
-    clean input where ``upper`` is ``inf``). ``seconds`` is per sample."""
+    clean input where ``upper`` is ``inf``). ``seconds`` is per sample. ``info["proven_lower"]``
+    keeps the proven lower bounds before ``lower`` is set to ``upper`` on exact samples (the
+    witness must flip the model by a margin, so it can sit up to 1e-4 above the bound)."""
 
     lower: torch.Tensor
     upper: torch.Tensor
@@ -134,10 +136,12 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     upper_out = torch.where(wrong, torch.zeros_like(upper_out), upper_out)
     status = ["misclassified" if w else ("exact" if _close(lo, u) else "certified")
               for w, lo, u in zip(wrong.tolist(), lower.tolist(), upper_out.tolist())]
+    raw = lower.tolist()
     lower = torch.where(torch.tensor([s == "exact" for s in status]), upper_out, lower)
     per = (time.perf_counter() - start) / max(b, 1)
     return CertifyResult(lower, upper_out, status, torch.full((b,), per, dtype=torch.float64),
-                         witnesses, p, {"method": "linear bound propagation (CROWN relaxations, forward form)"})
+                         witnesses, p, {"method": "linear bound propagation (CROWN relaxations, forward form)",
+                                        "proven_lower": raw})
 
 
 def _check_attack_witnesses(model, inputs, labels, advs, up, p, box):
@@ -173,7 +177,7 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
     cert = lower_bound(model, inputs, labels, norm=p, bounds=box, upper=up, adversarials=advs)
     lower, upper_out, witnesses = cert.lower.clone(), cert.upper.clone(), cert.witnesses.clone()
     status, seconds = list(cert.status), cert.seconds.clone()
-    info = {"targets_solved": [0] * b, "solver_bound": cert.lower.clone().tolist(), "method": "MILP"}
+    info = {"targets_solved": [0] * b, "proven_lower": list(cert.info["proven_lower"]), "method": "MILP"}
     rows = range(b)
     if progress:
         from tqdm import tqdm
@@ -190,7 +194,7 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
         if wit is not None and wnorm < float(upper_out[i]):
             witnesses[i], upper_out[i] = wit, wnorm
         lo = max(float(lower[i]), min(bound, float(upper_out[i])))
-        info["targets_solved"][i], info["solver_bound"][i] = solved, bound
+        info["targets_solved"][i], info["proven_lower"][i] = solved, lo
         proven = _close(lo, float(upper_out[i]))
         status[i] = "exact" if proven else "bracket"
         lower[i] = upper_out[i] if proven else lo
