@@ -17,12 +17,12 @@ from ..core import AttackResult, call_with_budget, check_int, check_positive, ge
 
 __all__ = ["ensemble"]
 
-# (attack, parameters) per stage; passes per sample on the shipped cnn in docs/attacks-minnorm.md.
+# (attack, parameters) per stage, chosen by benchmarks/ensemble.py on the shipped cnn (benchmarks/RESULTS.md).
 STAGES: dict[float, list[list[tuple[str, dict[str, Any]]]]] = {
-    math.inf: [[("deepfool-linf", {}), ("fmn-linf", {"steps": 200, "targets": None})],
-               [("tr-linf", {}), ("fab-linf", {"steps": 100}), ("apgd-linf", {"steps": 200, "targets": None})]],
-    2.0: [[("ddn", {}), ("fmn-l2", {"steps": 200, "targets": None})],
-          [("tr-l2", {}), ("fab-l2", {"steps": 100}), ("apgd-l2", {"steps": 200, "targets": None})]],
+    math.inf: [[("tr-linf", {}), ("fmn-linf", {"steps": 200, "targets": None})],
+               [("apgd-linf", {"steps": 200, "targets": None}), ("fab-linf", {"steps": 100})]],
+    2.0: [[("ddn", {}), ("tr-l2", {}), ("fmn-l2", {"steps": 200, "targets": None})],
+          [("apgd-l2", {"steps": 200, "targets": None}), ("fab-l2", {"steps": 100})]],
     1.0: [[("fmn-l1", {"steps": 200, "targets": None}), ("fab-l1", {"steps": 100})],
           [("apgd-l1", {"steps": 200, "targets": None}), ("convex-min-l1", {})]],
 }
