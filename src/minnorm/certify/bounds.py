@@ -223,7 +223,8 @@ def certified_radius(graph: Graph, x0: torch.Tensor, labels: torch.Tensor, p: fl
     forms valid on the whole ball of radius ``R``, hence on every smaller ball; bisecting the
     (cheap) concretisation of those forms gives ``f(R)``, the largest ``r <= R`` they prove.
     ``f`` shrinks as ``R`` grows (wider balls, looser relaxations), so the best radius is the
-    fixed point ``f(R) = R``: each round halves the bracket ``[f(R), R]`` around it and keeps
+    fixed point ``f(R) = R``: each round halves the bracket ``[f(R), R]`` around it (divides ``R``
+    by 8 while nothing is proven, as on loose networks where ``f(high) = 0``) and keeps
     the largest ``f(R)`` seen, which is always certified. ``rounds`` propagations per sample.
     ``high`` should be an upper bound of the true minimum, such as an attack's norm."""
     num_classes = graph.forward(x0[:1])[-1].shape[1]
@@ -243,7 +244,8 @@ def certified_radius(graph: Graph, x0: torch.Tensor, labels: torch.Tensor, p: fl
         lo[idx] = torch.where(whole, radius[idx], torch.maximum(lo[idx], found))
         hi[idx] = torch.where(whole, hi[idx], radius[idx])
         active[idx] = ~(whole & (radius[idx] >= high[idx])) & (hi[idx] - lo[idx] > 1e-4 * hi[idx])
-        radius = (lo + hi) / 2
+        # halve the bracket; while nothing is proven yet, descend geometrically instead
+        radius = torch.where(lo > 0, (lo + hi) / 2, hi / 8)
     return best
 
 
