@@ -48,6 +48,9 @@ def test_frozen_network_is_affine_and_exact_at_the_representative(name):
         cons = frozen(y)[1]
         assert all(bool((c >= 0).all()) for c in cons), "the representative violates its own region"
     assert not model._forward_hooks and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert not any("forward" in m.__dict__ for m in model.modules()), "a shadowed forward was left behind"
+    with torch.no_grad():
+        torch.testing.assert_close(model(y), logits)  # the model itself is unchanged
 
 
 @pytest.mark.parametrize("name", list(MODELS))
