@@ -10,31 +10,16 @@ import math
 
 import torch
 
-from ..core import batch_view, is_adversarial, lp_norm, rand_like, scale_to_norm
+from ..core import BestAdversarial, batch_view, rand_like, scale_to_norm
 
 
-class BestTracker:
-    """Smallest adversarial seen per sample: ``best`` (points) and ``norms`` (``inf`` until found).
-
-    ``update`` takes the rows ``index`` of the full batch, their points and the logits the model
-    gave for exactly those points, so that every adversarial point the attack queried counts.
-    """
-
-    def __init__(self, inputs: torch.Tensor, p: float, labels: torch.Tensor, targeted: bool):
-        self.x, self.p, self.labels, self.targeted = inputs, p, labels, targeted
-        self.best = inputs.clone()
-        self.norms = torch.full((inputs.shape[0],), math.inf, dtype=inputs.dtype, device=inputs.device)
-
-    def update(self, index: torch.Tensor, points: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Record the adversarial rows among ``points``; returns their adversarial mask."""
-        adv = is_adversarial(logits, self.labels[index], self.targeted)
-        norms = lp_norm(points - self.x[index], self.p)
-        better = adv & (norms < self.norms[index])
-        if bool(better.any()):
-            rows = index[better]
-            self.norms[rows] = norms[better]
-            self.best[rows] = points[better]
-        return adv
+def start_tracking(run) -> tuple[BestAdversarial, torch.Tensor]:
+    """A tracker of the smallest adversarial seen (the clean inputs offered first), and the rows
+    still to attack (not already adversarial)."""
+    tracker = BestAdversarial(run.inputs, run.labels, run.targeted, run.norm)
+    rows = torch.arange(run.batch_size, device=run.inputs.device)
+    done = tracker.offer(rows, run.inputs, run.clean_logits) if run.batch_size else rows.bool()
+    return tracker, (~done).nonzero().squeeze(1)
 
 
 def cosine(start: float, end: float, k: int, steps: int) -> float:
@@ -99,7 +84,7 @@ def top_other_classes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tor
     return logits.scatter(1, labels[:, None], -math.inf).topk(k, dim=1).indices
 
 
-def refine_on_segment(run, tracker: BestTracker, index: torch.Tensor, steps: int) -> None:
+def refine_on_segment(run, tracker: BestAdversarial, index: torch.Tensor, steps: int) -> None:
     """Bisection on ``t`` in ``x + t (best - x)`` between the clean input (t = 0, not adversarial)
     and the best adversarial (t = 1), ``steps`` forward passes per sample that has one: the
     smallest adversarial on the segment to within ``2^-steps`` of its length. Not part of FMN,
@@ -108,12 +93,12 @@ def refine_on_segment(run, tracker: BestTracker, index: torch.Tensor, steps: int
     rows = index[torch.isfinite(tracker.norms[index]) & (tracker.norms[index] > 0)]
     if steps <= 0 or len(rows) == 0:
         return
-    x, target = run.inputs[rows], tracker.best[rows].clone()
+    x, target = run.inputs[rows], tracker.points[rows].clone()
     lo = torch.zeros(len(rows), dtype=x.dtype, device=x.device)
     hi = torch.ones_like(lo)
     for _ in range(steps):
         t = (lo + hi) / 2
         point = x + batch_view(t, x) * (target - x)
         with torch.no_grad():
-            adv = tracker.update(rows, point, run.model(point, rows))
+            adv = tracker.offer(rows, point, run.model(point, rows))
         hi, lo = torch.where(adv, t, hi), torch.where(adv, lo, t)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
+from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box, project_l2_box
-from ._minimal import BestTracker, dlr_objective, refine_on_segment, safe_grad, top_other_classes
+from ._minimal import start_tracking, dlr_objective, refine_on_segment, safe_grad, top_other_classes
 from .fgsm import loss_objective
 from .pgd import margin_objective, sparse_l1_direction
 
@@ -69,13 +69,9 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
     if run.norm not in (1.0, 2.0, math.inf):
         raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
-    tracker = BestTracker(run.inputs, run.norm, run.labels, run.targeted)
-    if run.batch_size == 0:
-        return run.finish(inputs.clone())
-    done = tracker.update(torch.arange(run.batch_size, device=inputs.device), run.inputs, run.clean_logits)
-    index = (~done).nonzero().squeeze(1)
+    tracker, index = start_tracking(run)
     if len(index) == 0:
-        return run.finish(tracker.best)
+        return run.finish(tracker.points)
     cfg = _Config(round_steps, momentum, rho, shrink, growth, tol, sparsity, apgd_checkpoints(round_steps))
     if targets is None or run.targeted or run.num_classes < 3:
         make = _loss(loss, run.labels, run.targeted)
@@ -87,7 +83,7 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
             make = _loss("dlr-t", run.labels, False, full)
             _Search(run, tracker, index, make, cfg).search(max(steps // top.shape[1], 1))
     refine_on_segment(run, tracker, index, refine)
-    return run.finish(tracker.best)
+    return run.finish(tracker.points)
 
 
 def _loss(kind: str, labels: torch.Tensor, targeted: bool, targets: torch.Tensor | None = None):
@@ -127,7 +123,7 @@ class _Config:
 class _Search:
     """Per-sample state of the eps search and of the APGD round in progress, rows ``index``."""
 
-    def __init__(self, run, tracker: BestTracker, index: torch.Tensor, make_objective, cfg: _Config):
+    def __init__(self, run, tracker: BestAdversarial, index: torch.Tensor, make_objective, cfg: _Config):
         self.run, self.tracker, self.index, self.make, self.cfg = run, tracker, index, make_objective, cfg
         self.x0 = run.inputs[index]
         b, dt, dev = len(index), self.x0.dtype, self.x0.device
@@ -161,14 +157,14 @@ class _Search:
         rows = self.alive.nonzero().squeeze(1)
         if len(rows):
             with torch.no_grad():
-                self.tracker.update(self.index[rows], self.x[rows], self.run.model(self.x[rows], self.index[rows]))
+                self.tracker.offer(self.index[rows], self.x[rows], self.run.model(self.x[rows], self.index[rows]))
 
     def step(self, r: torch.Tensor) -> None:
         """One APGD iteration on the rows ``r`` (one forward and one backward pass each)."""
         run, idx, x = self.run, self.index[r], self.x[r]
         first = torch.isnan(self.eps[r])
         logits, f, g = run.model.value_and_grad(x, self.make(idx, first), idx)
-        adv = self.tracker.update(idx, x, logits)
+        adv = self.tracker.offer(idx, x, logits)
         g = safe_grad(g, run.generator)
         if bool(first.any()):  # the first radius: 1.1 x the distance to the linearised boundary, |m| / ||g||_q
             q = dual_exponent(run.norm)  # (not 1.0 x: on an affine piece that point is a float coin toss)
@@ -234,7 +230,7 @@ class _Search:
             return
         x0, eps, hi = self.x0[r], self.eps[r], self.hi[r]
         known = torch.isfinite(hi)
-        best = self.tracker.best[self.index[r]]
+        best = self.tracker.points[self.index[r]]
         scaled = x0 + (best - x0) * batch_view(torch.where(known, eps / hi.clamp_min(1e-30), torch.zeros_like(eps)), x0)
         last = torch.where(batch_view(torch.isnan(eps), x0), x0, self._project(r, self.xmax[r], torch.nan_to_num(eps)))
         x = torch.where(batch_view(known, x0), scaled, last)

@@ -5,9 +5,10 @@ import math
 
 import torch
 
-from ..core import AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, register, start_attack
+from ..core import (AttackResult, BestAdversarial, batch_view, check_int, check_positive, dual_exponent, lp_norm, register,
+                    start_attack)
 from ..core.norms import min_step_to_hyperplane
-from ._minimal import BestTracker, random_in_ball, refine_on_segment, top_other_classes
+from ._minimal import start_tracking, random_in_ball, refine_on_segment, top_other_classes
 
 __all__ = ["fab"]
 
@@ -62,13 +63,9 @@ def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
     if run.norm not in _RESTART_RADIUS:
         raise ValueError(f"fab supports norm 1, 2 or inf, got {run.norm}")
-    tracker = BestTracker(run.inputs, run.norm, run.labels, run.targeted)
-    if run.batch_size == 0:
-        return run.finish(inputs.clone())
-    done = tracker.update(torch.arange(run.batch_size, device=inputs.device), run.inputs, run.clean_logits)
-    index = (~done).nonzero().squeeze(1)
+    tracker, index = start_tracking(run)
     if len(index) == 0:
-        return run.finish(tracker.best)
+        return run.finish(tracker.points)
     radius = (restart_radius if restart_radius is not None else _RESTART_RADIUS[run.norm]) * (run.bounds[1] - run.bounds[0])
     for classes in _class_sets(run, index, targets, candidates):
         for r in range(restarts):
@@ -78,7 +75,7 @@ def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
                 start = random_in_ball(start, run.norm, rad, run.generator, run.bounds)
             _fab_run(run, tracker, index, classes, start, steps, (alpha_max, eta, beta))
     refine_on_segment(run, tracker, index, refine)
-    return run.finish(tracker.best)
+    return run.finish(tracker.points)
 
 
 def _class_sets(run, index: torch.Tensor, targets: int | None, candidates: int | None) -> list[torch.Tensor]:
@@ -94,7 +91,7 @@ def _class_sets(run, index: torch.Tensor, targets: int | None, candidates: int |
     return [top[:, j:j + 1] for j in range(top.shape[1])]
 
 
-def _differences(run, tracker: BestTracker, index: torch.Tensor, x: torch.Tensor, classes: torch.Tensor):
+def _differences(run, tracker: BestAdversarial, index: torch.Tensor, x: torch.Tensor, classes: torch.Tensor):
     """Records ``x`` (one forward pass) and returns, for the rows where it is not adversarial,
     ``f_l - f_c`` ``[b, C]`` and their gradients ``[b, C, *x]`` (C backward passes, charged to
     those rows only), with the adversarial mask. ``c`` is the label (untargeted) or, towards a
@@ -102,7 +99,7 @@ def _differences(run, tracker: BestTracker, index: torch.Tensor, x: torch.Tensor
     with torch.enable_grad():
         xa = x.detach().requires_grad_(True)
         logits = run.model(xa, index)
-        adv = tracker.update(index, x, logits.detach())
+        adv = tracker.offer(index, x, logits.detach())
         if run.targeted:
             other = logits.scatter(1, classes, -math.inf).amax(1, keepdim=True)
         else:
@@ -118,7 +115,7 @@ def _differences(run, tracker: BestTracker, index: torch.Tensor, x: torch.Tensor
     return diff.detach(), grads, adv
 
 
-def _fab_run(run, tracker: BestTracker, index: torch.Tensor, classes: torch.Tensor, start: torch.Tensor,
+def _fab_run(run, tracker: BestAdversarial, index: torch.Tensor, classes: torch.Tensor, start: torch.Tensor,
              steps: int, params: tuple[float, float, float]) -> None:
     alpha_max, eta, beta = params
     x0, x, p = run.inputs[index], start.clone(), run.norm
@@ -142,7 +139,7 @@ def _fab_run(run, tracker: BestTracker, index: torch.Tensor, classes: torch.Tens
         alpha = batch_view(alpha, x)
         x = ((1 - alpha) * (x + eta * step_x) + alpha * (x0 + eta * step_o)).clamp(*run.bounds)
     with torch.no_grad():
-        tracker.update(index, x, run.model(x, index))
+        tracker.offer(index, x, run.model(x, index))
 
 
 def _nearest(diff: torch.Tensor, grads: torch.Tensor, x: torch.Tensor, p: float, bounds: tuple[float, float]):

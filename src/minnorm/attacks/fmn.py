@@ -5,10 +5,10 @@ import math
 
 import torch
 
-from ..core import (AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
+from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box, project_l2_box
-from ._minimal import BestTracker, cosine, refine_on_segment, safe_grad, top_other_classes
+from ._minimal import start_tracking, cosine, refine_on_segment, safe_grad, top_other_classes
 from .pgd import margin_objective
 
 __all__ = ["fmn"]
@@ -65,13 +65,9 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
         raise ValueError(f"fmn supports norm 1, 2 or inf, got {run.norm}")
     alpha_init = check_positive("alpha_init", _ALPHA[run.norm] if alpha_init is None else alpha_init)
     alpha_final = check_positive("alpha_final", alpha_init / 100 if alpha_final is None else alpha_final)
-    tracker = BestTracker(run.inputs, run.norm, run.labels, run.targeted)
-    if run.batch_size == 0:
-        return run.finish(inputs.clone())
-    done = tracker.update(torch.arange(run.batch_size, device=inputs.device), run.inputs, run.clean_logits)
-    index = (~done).nonzero().squeeze(1)
+    tracker, index = start_tracking(run)
     if len(index) == 0:
-        return run.finish(tracker.best)
+        return run.finish(tracker.points)
     schedule = ((alpha_init, alpha_final), (gamma_init, gamma_final))
     if targets is None or run.targeted or run.num_classes < 3:
         _search(run, tracker, index, steps, *schedule)
@@ -80,10 +76,10 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
         for j in range(top.shape[1]):
             _search(run, tracker, index, max(steps // top.shape[1], 2), *schedule, towards=top[:, j])
     refine_on_segment(run, tracker, index, refine)
-    return run.finish(tracker.best)
+    return run.finish(tracker.points)
 
 
-def _search(run, tracker: BestTracker, index: torch.Tensor, steps: int, alphas: tuple[float, float],
+def _search(run, tracker: BestAdversarial, index: torch.Tensor, steps: int, alphas: tuple[float, float],
             gammas: tuple[float, float], towards: torch.Tensor | None = None) -> None:
     """The loop of Algorithm 1 on the rows ``index`` (all of them run ``steps`` steps), towards the
     classes ``towards`` if given. A sample with an adversarial already starts at its norm."""
@@ -98,10 +94,10 @@ def _search(run, tracker: BestTracker, index: torch.Tensor, steps: int, alphas: 
         point = x + delta
         if k == steps - 1:  # the last point only needs evaluating
             with torch.no_grad():
-                tracker.update(index, point, run.model(point, index))
+                tracker.offer(index, point, run.model(point, index))
             break
         logits, margin, grad = run.model.value_and_grad(point, objective, index)
-        adv = tracker.update(index, point, logits)
+        adv = tracker.offer(index, point, logits)
         if towards is not None:
             adv = margin > 0
         best = tracker.norms[index]

@@ -28,6 +28,14 @@ class BestAdversarial:
     def found(self) -> torch.Tensor:
         return torch.isfinite(self.norms)
 
+    def offer(self, rows: torch.Tensor, points: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """:meth:`update` for the rows ``rows`` of the batch; returns which points are adversarial."""
+        pred = logits.argmax(dim=1)
+        labels = self.labels[rows]
+        adversarial = pred == labels if self.targeted else pred != labels
+        self.update(points, logits, rows, adversarial)
+        return adversarial
+
     def update(self, points: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Offer ``points`` (for samples ``rows``, all if None); ``mask`` limits which count.
