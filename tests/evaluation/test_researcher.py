@@ -145,3 +145,31 @@ def test_standard_preset_is_the_default(data, tmp_path, capsys):
     assert "ensemble-l2" in capsys.readouterr().out
     assert main(base + ["--preset", "standard", "--attacks", "ddn"]) == 2
     assert minnorm.evaluation.norms.split_attacks(["l1"], None) == {"l1": ["ensemble-l1"]}
+
+
+class FailsOnBatch(torch.nn.Module):
+    """The tiny MLP, raising once it sees the samples of the second batch (an interruption)."""
+
+    def __init__(self, inner, marker):
+        super().__init__()
+        self.inner, self.marker, self.armed = inner, marker, True
+        self.eval()
+
+    def forward(self, x):
+        if self.armed and bool((x.flatten(1)[:, :1] == self.marker).any()):
+            raise KeyboardInterrupt
+        return self.inner(x)
+
+
+def test_resume_says_how_far_it_got(data, tmp_path, capsys):
+    model, x, y = data
+    failing = FailsOnBatch(model, x[5].flatten()[0].item())
+    with pytest.raises(KeyboardInterrupt):
+        minnorm.evaluate(failing, (x, y), "ddn", 2, quick=True, batch_size=5, out=tmp_path / "run", progress=True)
+    capsys.readouterr()
+    failing.armed = False
+    done = minnorm.evaluate(failing, (x, y), "ddn", 2, quick=True, batch_size=5, out=tmp_path / "run", progress=True)
+    assert "resuming: 1 of 2 batches done" in capsys.readouterr().err
+    again = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, batch_size=5, progress=False)
+    drop = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
+    assert repr(drop(done.per_sample())) == repr(drop(again.per_sample()))
