@@ -37,3 +37,14 @@ def test_certify_refuses_smooth_model(capsys):
     assert main(["certify", "--model", "mlp-silu", "--n", "2"]) == 2
     err = capsys.readouterr().err
     assert "SiLU" in err and "not piecewise-linear" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tiny_models_are_shipped():
+    from minnorm import models
+
+    for name, hidden in (("mlp-tiny", [16, 16]), ("mlp-tiny32", [32, 32])):
+        info = models.shipped_info(name)
+        assert info["model_kwargs"]["hidden"] == hidden and "--hidden" in info["recipe"]
+        assert info["clean_test_accuracy"] >= 0.84
+        model = models.load_shipped(name)
+        assert [m.out_features for m in model if hasattr(m, "out_features")] == [*hidden, 10]
