@@ -7,7 +7,7 @@ Xu et al. 2020, "Automatic perturbation analysis", Sec. 3; the relaxations are t
 Zhang et al. 2018, Sec. 3.1, and DeepPoly, Singh et al. 2019, Sec. 4):
 
 - affine layers map the lower form through the positive part of their weights plus the
-  negative part applied to the upper form (and vice versa),
+  negative part applied to the upper form (and vice versa), computed in centre/radius form,
 - an unstable ReLU ``l < 0 < u`` is bounded above by the chord ``s (z - l) + a l`` with
   ``s = (u - a l) / (u - l)`` and below by ``alpha z``, ``alpha = 1`` if ``u >= -l`` else the
   negative slope ``a`` (CROWN's adaptive lower bound, Zhang et al. eq. 4 and Sec. 3.1),
@@ -98,12 +98,14 @@ def _apply(fn, a: torch.Tensor) -> torch.Tensor:
 
 def _affine(op, f: _Form) -> _Form:
     bias = op.fn(torch.zeros_like(f.cl[:1]))
-    if op.pos is None:  # a nonnegative linear part keeps lower below upper
+    if op.lin is None:  # a nonnegative linear part keeps lower below upper
         lin = op.linear
         return _Form(_apply(lin, f.al), lin(f.cl) + bias, _apply(lin, f.au), lin(f.cu) + bias)
-    al = _apply(op.pos, f.al) + _apply(op.neg, f.au)
-    au = _apply(op.pos, f.au) + _apply(op.neg, f.al)
-    return _Form(al, op.pos(f.cl) + op.neg(f.cu) + bias, au, op.pos(f.cu) + op.neg(f.cl) + bias)
+    # W+ l + W- u = W m - |W| r with centre m = (l + u) / 2 and radius r = (u - l) / 2: two
+    # applications of the layer instead of four
+    mid, rad = _apply(op.lin, (f.al + f.au) / 2), _apply(op.abs, (f.au - f.al) / 2)
+    cmid, crad = op.lin((f.cl + f.cu) / 2) + bias, op.abs((f.cu - f.cl) / 2)
+    return _Form(mid - rad, cmid - crad, mid + rad, cmid + crad)
 
 
 def relu_relaxation(l: torch.Tensor, u: torch.Tensor, a: float):

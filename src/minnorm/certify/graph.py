@@ -35,15 +35,16 @@ _ADDS = (operator.add, torch.add, "add")
 @dataclass
 class Op:
     """One node: ``kind``, the indices of its input ops, and for affine ops the function ``fn``
-    (the op itself, applied to a batch) plus, where its linear part can have either sign, its
-    positive and negative linear parts ``pos``/``neg`` (so that ``fn(t) = pos(t) + neg(t) + fn(0)``)."""
+    (the op itself, applied to a batch) plus, where its linear part ``W`` can have either sign,
+    ``lin(t) = W t`` and ``abs(t) = |W| t`` (elementwise absolute weights), so that bounds pass
+    through it in centre/radius form (``fn(t) = lin(t) + fn(0)``)."""
 
     kind: str
     inputs: list[int]
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    pos: Callable[[torch.Tensor], torch.Tensor] | None = None
-    neg: Callable[[torch.Tensor], torch.Tensor] | None = None
+    lin: Callable[[torch.Tensor], torch.Tensor] | None = None
+    abs: Callable[[torch.Tensor], torch.Tensor] | None = None
     slope: float = 0.0
     module: nn.Module | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +88,7 @@ def build_graph(model: nn.Module, dtype: torch.dtype = torch.float64) -> Graph:
     for name, m in model.named_modules():
         if isinstance(m, _EVAL_ONLY) and m.training:
             raise ValueError(f"layer {name} ({type(m).__name__}) is not affine in train mode; call model.eval() first")
-    model = copy.deepcopy(model).to(dtype).eval()
+    model = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()  # the solvers work on the CPU
     for t in model.parameters():
         t.requires_grad_(False)
     try:
@@ -160,26 +161,25 @@ def _module_op(name: str, m: nn.Module, inputs: list[int]) -> Op:
     if isinstance(m, _NONNEG):
         return Op("affine", inputs, name, fn=m, module=m)
     if isinstance(m, _SIGNED):
-        pos, neg = _signed_parts(m)
-        return Op("affine", inputs, name, fn=m, pos=pos, neg=neg, module=m)
+        lin, absolute = _signed_parts(m)
+        return Op("affine", inputs, name, fn=m, lin=lin, abs=absolute, module=m)
     raise ValueError(f"{label} is not piecewise-linear or not supported by certification; supported: Linear, "
                      "Conv1d/2d, eval BatchNorm, Normalize, Flatten, AvgPool, ReLU, LeakyReLU, MaxPool2d, "
                      "residual adds")
 
 
 def _signed_parts(m: nn.Module):
-    """The positive and negative parts of the linear map of a Linear/Conv/BatchNorm layer."""
+    """The linear map ``W t`` of a Linear/Conv/BatchNorm layer and ``|W| t``."""
     if isinstance(m, nn.Linear):
         w = m.weight.detach()
-        return (lambda t: F.linear(t, w.clamp(min=0))), (lambda t: F.linear(t, w.clamp(max=0)))
+        return (lambda t: F.linear(t, w)), (lambda t: F.linear(t, w.abs()))
     if isinstance(m, (nn.Conv1d, nn.Conv2d)):
         w = m.weight.detach()
-        return (lambda t: m._conv_forward(t, w.clamp(min=0), None)), (lambda t: m._conv_forward(t, w.clamp(max=0), None))
+        return (lambda t: m._conv_forward(t, w, None)), (lambda t: m._conv_forward(t, w.abs(), None))
     scale = 1 / torch.sqrt(m.running_var.detach() + m.eps)
     if m.weight is not None:
         scale = scale * m.weight.detach()
 
-    def part(sign):
-        s = scale.clamp(min=0) if sign > 0 else scale.clamp(max=0)
+    def part(s):
         return lambda t: t * s.view(1, -1, *([1] * (t.dim() - 2)))
-    return part(1), part(-1)
+    return part(scale), part(scale.abs())
