@@ -227,9 +227,11 @@ def _solve_sample(model, graph, x, label, p, box, cutoff, clean_logits, adv, tim
             continue
         prob = encode(graph, x0, label, j, p, neurons, cut, box)
         sol = solve(prob, time_limit - (time.perf_counter() - start), solver)
-        tb = sol.bound if sol.status != "infeasible" else cut
+        tb = sol.bound
         if p == 2 and math.isfinite(tb):
             tb = math.sqrt(max(tb, 0.0))  # the MIQP minimises the squared norm
+        if sol.status == "infeasible":  # nothing of this target below the cutoff (a norm, not squared)
+            tb = cut
         bound = min(bound, tb)
         solved += sol.status != "limit"
         if sol.x is not None:
