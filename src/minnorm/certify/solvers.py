@@ -202,7 +202,7 @@ def solve_scip(problem: Problem, time_limit: float) -> Solution:
     x = np.array([m.getSolVal(sol, vi) for vi in v]) if sol is not None else None
     obj = float(m.getSolObjVal(sol)) / scale if sol is not None else math.inf
     bound = float(m.getDualbound()) / scale
-    if status == "optimal":
+    if status in ("optimal", "gaplimit"):  # gaplimit: closed to limits/gap, our definition of optimal
         return Solution("optimal", x, obj, min(bound, obj), seconds)
     return Solution("limit", x, obj, bound if math.isfinite(bound) else 0.0, seconds)
 
