@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .bounds import _windows
 from .graph import Graph
 
 __all__ = ["Problem", "encode"]
@@ -219,7 +220,6 @@ def _maxpool(b: _Builder, e: _Expr, op, l: torch.Tensor, u: torch.Tensor) -> _Ex
     """A max-pool: members that cannot be the maximum are dropped; a window with one member
     left is that member, otherwise one binary per member selects it (MIPVerify eq. 6)."""
     mod = op.module
-    from .bounds import _windows
     pos = torch.arange(1, l.numel() + 1, dtype=torch.float64).view(1, *l.shape)
     members = _windows(pos, mod, 0.0)[0].long() - 1          # [C, k, L], -1 marks padding
     c_, k, nwin = members.shape
@@ -239,9 +239,7 @@ def _maxpool(b: _Builder, e: _Expr, op, l: torch.Tensor, u: torch.Tensor) -> _Ex
             d = b.add_vars(np.zeros(len(cand)), np.ones(len(cand)), integer=True)
             z = _widen(e.m[cand], b.nv)
             zc = e.c[cand]
-            sy = _widen(sp.csr_matrix(np.ones((len(cand), 1))), y[0] + 1)
-            sy = sp.hstack([sp.csr_matrix((len(cand), y[0])), sp.csr_matrix(np.ones((len(cand), 1)))]).tocsr()
-            sy = _widen(sy, b.nv)
+            sy = b.select(np.repeat(y, len(cand)))  # the window's output, once per candidate row
             gap = np.array([umax - lf[i] for i in cand])
             b.add_rows(sy - z, zc, np.inf)                                           # y >= z_i
             b.add_rows(sy - z + sp.diags(gap) @ b.select(d), -np.inf, zc + gap)      # y <= z_i + (umax - l_i)(1 - d_i)
