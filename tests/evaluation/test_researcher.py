@@ -173,3 +173,16 @@ def test_resume_says_how_far_it_got(data, tmp_path, capsys):
     again = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, batch_size=5, progress=False)
     drop = lambda rows: [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]  # noqa: E731
     assert repr(drop(done.per_sample())) == repr(drop(again.per_sample()))
+
+
+def test_cli_targets(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    base = ["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--attacks", "ddn", "--quick",
+            "--device", "cpu"]
+    assert main(base + ["--targets", "all", "--out", str(tmp_path / "all")]) == 0
+    assert main(base + ["--targets", "1", "--out", str(tmp_path / "one")]) == 0
+    one = minnorm.evaluation.Evaluation.load(tmp_path / "one")
+    assert (one.table["target"] == 1).all() and one.config["targets"].startswith("given:")
+    assert minnorm.evaluation.Evaluation.load(tmp_path / "all").config["targets"] == "all"
+    assert main(base + ["--targets", "sideways"]) == 2
