@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from affine_oracle import affine_model, inputs, targeted_minimum_lp, untargeted_minimum
+from affine_oracle import affine_model, inputs, untargeted_minimum
 from helpers import tiny_inputs, tiny_mlp, true_labels
 
 from minnorm.attacks import fab
@@ -39,19 +39,6 @@ def test_fab_t_over_all_classes_matches_untargeted_fab_on_affine(p):
     ref = untargeted_minimum(model, x, y, p, (0.0, 1.0))
     res = fab(model, x, y, norm=p, steps=30, targets=3)
     torch.testing.assert_close(res.norms, ref, rtol=2e-3, atol=0)
-
-
-@pytest.mark.parametrize("p", [1.0, math.inf])
-def test_targeted_affine_against_highs(p):
-    model = affine_model(k=4, seed=3)
-    x = inputs(8, edge=True)
-    t = (model(x).argmax(1) + 1) % 4
-    ref = targeted_minimum_lp(model, x, t, p, (0.0, 1.0))
-    res = fab(model, x, t, norm=p, targeted=True, steps=50)
-    assert torch.equal(model(res.adversarials).argmax(1), t)
-    ratio = res.norms / ref
-    assert bool((ratio >= 1 - 1e-7).all())
-    assert float(ratio.max()) < 1.05 and float(ratio.median()) < 1.03
 
 
 def test_pass_accounting():
