@@ -1,12 +1,13 @@
-"""FMN, FAB and APGD, targeted, on an affine model: the minimal L1/Linf distance to the target's
-polytope is an LP (HiGHS through scipy), so each attack is scored against the exact value."""
+"""FMN, FAB and APGD on affine models, scored against exact minima: the box-constrained distance
+to one hyperplane (two classes), and, targeted, the minimal L1/Linf distance to the target's
+polytope, an LP (HiGHS through scipy)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-from affine_oracle import affine_model, inputs, targeted_minimum_lp
+from affine_oracle import affine_model, inputs, targeted_minimum_lp, untargeted_minimum
 
 from minnorm.attacks import apgd, fab, fmn
 
@@ -26,3 +27,23 @@ def test_targeted_affine_against_highs(attack, steps, median, p):
     ratio = res.norms / ref
     assert bool((ratio >= 1 - 1e-7).all()), "below the LP minimum"
     assert float(ratio.max()) < 1.05 and float(ratio.median()) < median
+
+
+# (attack, relative tolerance per norm): l1-APGD's sparse steps converge more slowly onto the l1 ball's vertex
+BINARY = [(fmn, {1.0: 1e-3, 2.0: 1e-3, math.inf: 1e-3}), (apgd, {1.0: 2e-2, 2.0: 3e-3, math.inf: 3e-3})]
+
+
+@pytest.mark.parametrize("edge", [False, True], ids=["interior", "box-binds"])
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+@pytest.mark.parametrize("attack,rtol", BINARY, ids=[c[0].__name__ for c in BINARY])
+def test_binary_affine_reaches_the_exact_minimum(attack, rtol, p, edge):
+    """Two classes: the minimum is the box-constrained distance to one hyperplane."""
+    model = affine_model(k=2, seed=1)
+    x = inputs(10, edge=edge)
+    y = model(x).argmax(1)
+    bounds = (0.0, 1.0) if edge else (-50.0, 50.0)
+    ref = untargeted_minimum(model, x, y, p, bounds if edge else None)
+    res = attack(model, x, y, norm=p, steps=300, bounds=bounds)
+    assert bool(res.success.all())
+    assert bool((res.norms >= ref * (1 - 1e-9)).all()), "below the exact minimum: the oracle or the scoring is wrong"
+    torch.testing.assert_close(res.norms, ref, rtol=rtol[p], atol=0)

@@ -60,6 +60,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--search-max", type=c.radius, help="upper end of the bisection (default: the box diameter)")
     p.add_argument("--grid", help="epsilon grid of the robust accuracy curves, increasing: 0,0.5,1 or 0:2:21 "
                                   "(default: 21 radii up to the largest best-of-all norm)")
+    _add_output_args(p)
+    c.add_run_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_output_args(p) -> None:
+    """Budget, output folder, report and sanity-check options."""
     p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample and attack")
     p.add_argument("--out", help="output folder (saved batches, reports); default: print only")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -69,8 +76,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sanity-margin", type=float, default=0.1,
                    help="robust-accuracy margin by which a fixed-epsilon attack beating every minimal-norm "
                         "attack is flagged (default: 0.1)")
-    c.add_run_args(p)
-    p.set_defaults(func=run)
 
 
 def attack_params(items: list[str], names: list[str]) -> dict[str, dict]:
