@@ -10,8 +10,8 @@ import torch
 from helpers import tiny_cnn, tiny_inputs, tiny_mlp
 
 from minnorm.attacks._lp import box_norm_argmin, box_norm_min, prox_l1_box, prox_linf_box, solve_lp
-from minnorm.attacks.piecewise import PiecewiseAffine, RegionOperator
-from minnorm.attacks.qp import DenseOperator, ScaledOperator, block_scales
+from minnorm.attacks._piecewise import PiecewiseAffine, RegionOperator
+from minnorm.attacks._qp import DenseOperator, ScaledOperator, block_scales
 
 highspy = pytest.importorskip("highspy")
 F64 = torch.float64

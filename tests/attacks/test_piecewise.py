@@ -6,7 +6,7 @@ import torch
 from helpers import tiny_cnn, tiny_inputs, tiny_mlp, tiny_resnet
 from torch import nn
 
-from minnorm.attacks.piecewise import PiecewiseAffine, RegionOperator
+from minnorm.attacks._piecewise import PiecewiseAffine, RegionOperator
 from minnorm.models import Normalize
 
 

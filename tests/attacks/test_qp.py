@@ -7,8 +7,8 @@ import torch
 from helpers import tiny_inputs, tiny_mlp
 from scipy.optimize import Bounds, LinearConstraint, minimize
 
-from minnorm.attacks.piecewise import PiecewiseAffine, RegionOperator
-from minnorm.attacks.qp import DenseOperator, ScaledOperator, block_scales, ray_search, solve_qp
+from minnorm.attacks._piecewise import PiecewiseAffine, RegionOperator
+from minnorm.attacks._qp import DenseOperator, ScaledOperator, block_scales, ray_search, solve_qp
 
 
 def reference(a: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[float, np.ndarray]:

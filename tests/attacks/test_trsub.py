@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.optimize import brentq
 
-from minnorm.attacks.trsub import lanczos, solve_trust_region_subproblem
+from minnorm.attacks._trsub import lanczos, solve_trust_region_subproblem
 
 
 def dense_trs(g: np.ndarray, h: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
@@ -110,7 +110,7 @@ def test_rows_stop_independently_and_zero_gradient_gives_zero_step():
 
 def test_hard_case_in_the_small_problem():
     # T = diag(-1, 1) with g = e2: no weight on the negative direction; the minimiser fills the ball along e1.
-    from minnorm.attacks.trsub import _secular
+    from minnorm.attacks._trsub import _secular
     evals = torch.tensor([[-1.0, 1.0]], dtype=torch.float64)
     y, lam = _secular(evals, torch.tensor([[0.0, 1.0]], dtype=torch.float64), torch.eye(2, dtype=torch.float64)[None],
                       torch.tensor([2.0], dtype=torch.float64), 60)

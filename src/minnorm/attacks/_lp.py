@@ -5,7 +5,7 @@ is a linear program for p = inf and p = 1. In the perturbation ``d = z - x`` it 
 
     min ||d||_p   s.t.   A d <= b,   lower <= d <= upper   (lower <= 0 <= upper),
 
-with ``A`` available only through products (:class:`~minnorm.attacks.qp.Operator`: JVP/VJP of the
+with ``A`` available only through products (:class:`~minnorm.attacks._qp.Operator`: JVP/VJP of the
 frozen network). It is solved as the saddle point ``min_d max_{mu >= 0} f(d) + <mu, A d - b>``,
 ``f = ||.||_p + box``, by the primal-dual hybrid gradient method (Chambolle and Pock 2011):
 
@@ -20,7 +20,7 @@ Every step also gives a certificate and a candidate: for any ``mu >= 0`` the dua
 ``D(mu) = min_{d in box} ||d||_p + <A^T mu, d> - <mu, b>`` (closed form, :func:`box_norm_min`) is a
 lower bound on the optimal norm (the early rejection of Sec. 4.1: a row stops once it proves it
 cannot beat the incumbent), and the smallest feasible point on the ray through ``d``
-(:func:`~minnorm.attacks.qp.ray_search`) an upper bound; the best such point is returned.
+(:func:`~minnorm.attacks._qp.ray_search`) an upper bound; the best such point is returned.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .qp import Operator, _apply, _power_norm, ray_search
+from ._qp import Operator, _apply, _power_norm, ray_search
 
 _CHECK = 4  # steps between bound, candidate and stopping checks (every other check also restarts)
 

@@ -21,9 +21,9 @@ from ..core import (AttackResult, available, check_int, check_positive, clip_box
                     start_attack)
 from .ddn import ddn
 from .deepfool import deepfool
-from .piecewise import PiecewiseAffine, RegionOperator
+from ._piecewise import PiecewiseAffine, RegionOperator
 from ._lp import solve_lp
-from .qp import ScaledOperator, block_scales, solve_qp
+from ._qp import ScaledOperator, block_scales, solve_qp
 
 __all__ = ["linear_region_attack"]
 

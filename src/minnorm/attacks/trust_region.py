@@ -29,7 +29,7 @@ from ..core import (
     relative_perturbation,
     start_attack,
 )
-from .trsub import lanczos
+from ._trsub import lanczos
 
 __all__ = ["trust_region"]
 
@@ -166,7 +166,7 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     refinement, or after ``steps`` search steps without success.
 
     ``order=2`` (search steps only): ``lanczos_steps`` Hessian-vector products per step build a
-    Krylov space of the margin's Hessian (see ``trsub``); the step is the subproblem's solution
+    Krylov space of the margin's Hessian (see ``_trsub``); the step is the subproblem's solution
     at the smallest radius (<= eps_j) at which the quadratic model predicts the class change. On
     networks whose Hessian-vector product is exactly zero (ReLU, max-pooling) a sample falls back
     to first order after one product, and ``info["hessian_vanished"]`` says so.

@@ -4,7 +4,7 @@ The model is traced with ``torch.fx`` down to its leaf modules, and every node b
 :class:`Op`: ``input``, ``affine`` (Linear, Conv, eval BatchNorm, Normalize, pooling by
 averages, flatten, identity, eval dropout, adding a constant), ``relu`` (ReLU and LeakyReLU, with
 their negative slope), ``maxpool`` (MaxPool2d) or ``add`` (a residual sum of two nodes). These
-are the layers ``attacks/piecewise.py`` supports. Anything else -- a smooth activation such as
+are the layers ``attacks/_piecewise.py`` supports. Anything else -- a smooth activation such as
 SiLU, a layer in train mode, a Python-level operation fx cannot see through -- is refused with a
 ``ValueError`` naming the layer: a bound for a network we did not fully understand would be wrong.
 """

@@ -303,7 +303,7 @@ def _pair(v) -> tuple[int, int]:
 
 class RegionOperator:
     """The constraints of the linear regions of a batch of representatives ``y`` as an
-    :class:`~minnorm.attacks.qp.Operator` in the perturbation ``d = z - x0``:
+    :class:`~minnorm.attacks._qp.Operator` in the perturbation ``d = z - x0``:
 
         A d <= b   with   A = -J_F,   b = F(x0) = F(y) + J_F (x0 - y),
 
