@@ -1,6 +1,7 @@
 """Record (or check) the golden file: every registered attack on 16 images of the shipped models.
 
-    python tests/golden/record.py          # rewrite golden.json (commit it with the reason)
+    python tests/golden/record.py              # rewrite golden.json (commit it with the reason)
+    python tests/golden/record.py ddn tr-l2    # re-record only these attacks' entries
 
 Per sample: norm, success and passes, for each attack with its ``quick`` settings, plus the
 registry defaults for the attacks named in ``DEFAULTS`` (on the MLP; the CNN only with quick
@@ -53,11 +54,19 @@ def run_case(model_name: str, name: str, settings: str) -> dict:
             "success": res.success.tolist(), "passes": res.passes.tolist()}
 
 
-def record() -> dict:
-    return {f"{m}/{a}/{s}": run_case(m, a, s) for m, a, s in cases()}
+def record(only: set[str] | None = None) -> dict:
+    """Every case, or (``only``) the stored file with just the cases of those attacks recomputed."""
+    if not only:
+        return {f"{m}/{a}/{s}": run_case(m, a, s) for m, a, s in cases()}
+    known = {a for _, a, _ in cases()}
+    if only - known:
+        raise SystemExit(f"not registered: {', '.join(sorted(only - known))}")
+    golden = json.loads(GOLDEN.read_text())
+    golden.update({f"{m}/{a}/{s}": run_case(m, a, s) for m, a, s in cases() if a in only})
+    return golden
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1] / "src"))
-    GOLDEN.write_text(json.dumps(record(), indent=0, sort_keys=True) + "\n")
+    GOLDEN.write_text(json.dumps(record(set(sys.argv[1:])), indent=0, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
