@@ -126,74 +126,25 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
               "adversary_kwargs": {k: v for k, v in (adv.kwargs if adv else {}).items()},
               "max_norm": adv.max_norm if adv else max_norm, "seed": seed, "train_size": int(x_train.shape[0])}
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
-    data_gen = torch.Generator().manual_seed(seed)
-    attack_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    gens = (torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
     steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
-    total_steps = epochs * steps_per_epoch
-    log: list[dict[str, Any]] = []
-    start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    ckpt_path = ckpt_dir / CHECKPOINT_NAME if ckpt_dir else None
-    if ckpt_path is not None and resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        changed = [k for k in _RESUME_KEYS if json.dumps(state["config"].get(k)) != json.dumps(config[k])]
-        if changed:
-            raise ValueError(f"{ckpt_path} was written with different settings ({', '.join(changed)}); "
-                             "use another checkpoint directory or resume=False to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_rng"])
-        attack_gen.set_state(state["attack_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start_epoch, log = int(state["epoch"]), list(state["log"])
+    start_epoch, log = 0, []
+    if ckpt_dir is not None and resume and (ckpt_dir / CHECKPOINT_NAME).is_file():
+        start_epoch, log = _resume(ckpt_dir / CHECKPOINT_NAME, config, model, opt, gens)
     modes = [(m, m.training) for m in model.modules()]
     started = time.perf_counter() - (log[-1]["total_seconds"] if log else 0.0)
     try:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            bar = tqdm(batches(x_train, y_train, batch_size, shuffle=True, generator=data_gen, device=device),
-                       total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=None if progress else True,
-                       leave=False, dynamic_ncols=True)
-            for i, (xb, yb) in enumerate(bar):
-                xb = xb.to(dtype)
-                if adv is not None:
-                    xb = adv.perturb(model, xb, yb, attack_gen)
-                step_lr = learning_rate(schedule, lr, epoch * steps_per_epoch + i, total_steps)
-                for group in opt.param_groups:
-                    group["lr"] = step_lr
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(yb)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(yb)
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{step_lr:.2e}")
-            bar.close()
-            entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                                     "lr": step_lr, "test_accuracy": None, "robust_accuracy": None}
+            entry = _train_epoch(model, opt, train_data, adv, gens, config, epoch, progress)
             if test_data is not None:
-                entry["test_accuracy"] = accuracy(model, test_data, max(batch_size, 500))
-                if adv is not None and robust_samples:
-                    xr, yr = (t[:robust_samples] for t in test_data)
-                    robust = sum(int(adv.robust_correct(model, xb.to(dtype), yb, attack_gen).sum())
-                                 for xb, yb in batches(xr, yr, batch_size, device=device))
-                    entry["robust_accuracy"] = robust / len(yr)
+                entry.update(_test_epoch(model, test_data, adv, gens[1], batch_size, robust_samples))
             entry["epoch_seconds"] = time.perf_counter() - t0
             entry["total_seconds"] = time.perf_counter() - started
             log.append(entry)
             if ckpt_dir is not None:
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": {"schedule": schedule, "step": (epoch + 1) * steps_per_epoch, "total": total_steps},
-                         "epoch": epoch + 1, "data_rng": data_gen.get_state(), "attack_rng": attack_gen.get_state(),
-                         "torch_rng": torch.get_rng_state(), "log": log, "config": config}
-                atomic_write(ckpt_path, lambda f, state=state: torch.save(state, f))
-                _write_logs(ckpt_dir, log)
+                _save_checkpoint(ckpt_dir, model, opt, gens, log, config, (epoch + 1) * steps_per_epoch)
             if progress:
                 shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in entry.items() if v is not None}
                 tqdm.write("  ".join(f"{k}={v}" for k, v in shown.items()))
@@ -203,3 +154,81 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
         for m, mode in modes:
             m.training = mode
     return log
+
+
+def _resume(path: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+            gens: tuple[torch.Generator, torch.Generator]) -> tuple[int, list[dict[str, Any]]]:
+    """Load a checkpoint written by :func:`_save_checkpoint` with the same settings; returns (epoch, log)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    changed = [k for k in _RESUME_KEYS if json.dumps(state["config"].get(k)) != json.dumps(config[k])]
+    if changed:
+        raise ValueError(f"{path} was written with different settings ({', '.join(changed)}); "
+                         "use another checkpoint directory or resume=False to start over")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gens[0].set_state(state["data_rng"])
+    gens[1].set_state(state["attack_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"]), list(state["log"])
+
+
+def _save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     gens: tuple[torch.Generator, torch.Generator], log: list[dict[str, Any]],
+                     config: dict[str, Any], step: int) -> None:
+    """Model, optimizer, schedule step, generator states and log, written atomically; the logs beside."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = math.ceil(config["train_size"] / config["batch_size"])
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": {"schedule": config["schedule"], "step": step, "total": config["epochs"] * steps_per_epoch},
+             "epoch": len(log), "data_rng": gens[0].get_state(), "attack_rng": gens[1].get_state(),
+             "torch_rng": torch.get_rng_state(), "log": log, "config": config}
+    atomic_write(ckpt_dir / CHECKPOINT_NAME, lambda f: torch.save(state, f))
+    _write_logs(ckpt_dir, log)
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, train_data: tuple[torch.Tensor, torch.Tensor],
+                 adv: Adversary | None, gens: tuple[torch.Generator, torch.Generator], config: dict[str, Any],
+                 epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the shuffled training set (adversarial batches with ``adv``); the epoch's log entry."""
+    device, dtype = _device_dtype(model)
+    x_train, y_train = train_data
+    batch_size, lr, schedule = config["batch_size"], config["lr"], config["schedule"]
+    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(batches(x_train, y_train, batch_size, shuffle=True, generator=gens[0], device=device),
+               total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config['epochs']}", disable=None if progress else True,
+               leave=False, dynamic_ncols=True)
+    for i, (xb, yb) in enumerate(bar):
+        xb = xb.to(dtype)
+        if adv is not None:
+            xb = adv.perturb(model, xb, yb, gens[1])
+        step_lr = learning_rate(schedule, lr, epoch * steps_per_epoch + i, config["epochs"] * steps_per_epoch)
+        for group in opt.param_groups:
+            group["lr"] = step_lr
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += float(loss.detach()) * len(yb)
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(yb)
+        if i % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{step_lr:.2e}")
+    bar.close()
+    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "lr": step_lr, "test_accuracy": None, "robust_accuracy": None}
+
+
+def _test_epoch(model: nn.Module, test_data: tuple[torch.Tensor, torch.Tensor], adv: Adversary | None,
+                attack_gen: torch.Generator, batch_size: int, robust_samples: int) -> dict[str, Any]:
+    """Clean test accuracy and, with an adversary, robust accuracy on the first ``robust_samples`` test images."""
+    device, dtype = _device_dtype(model)
+    out: dict[str, Any] = {"test_accuracy": accuracy(model, test_data, max(batch_size, 500))}
+    if adv is not None and robust_samples:
+        xr, yr = (t[:robust_samples] for t in test_data)
+        robust = sum(int(adv.robust_correct(model, xb.to(dtype), yb, attack_gen).sum())
+                     for xb, yb in batches(xr, yr, batch_size, device=device))
+        out["robust_accuracy"] = robust / len(yr)
+    return out
