@@ -127,7 +127,6 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
               "max_norm": adv.max_norm if adv else max_norm, "seed": seed, "train_size": int(x_train.shape[0])}
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
     gens = (torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1))
-    steps_per_epoch = math.ceil(x_train.shape[0] / batch_size)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch, log = 0, []
     if ckpt_dir is not None and resume and (ckpt_dir / CHECKPOINT_NAME).is_file():
@@ -144,7 +143,7 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
             entry["total_seconds"] = time.perf_counter() - started
             log.append(entry)
             if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir, model, opt, gens, log, config, (epoch + 1) * steps_per_epoch)
+                _save_checkpoint(ckpt_dir, model, opt, gens, log, config)
             if progress:
                 shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in entry.items() if v is not None}
                 tqdm.write("  ".join(f"{k}={v}" for k, v in shown.items()))
@@ -174,13 +173,12 @@ def _resume(path: Path, config: dict[str, Any], model: nn.Module, opt: torch.opt
 
 def _save_checkpoint(ckpt_dir: Path, model: nn.Module, opt: torch.optim.Optimizer,
                      gens: tuple[torch.Generator, torch.Generator], log: list[dict[str, Any]],
-                     config: dict[str, Any], step: int) -> None:
-    """Model, optimizer, schedule step, generator states and log, written atomically; the logs beside."""
+                     config: dict[str, Any]) -> None:
+    """Model, optimizer, generator states and log, written atomically; the logs beside. The learning
+    rate needs no state: it is a function of the step, and the step of the epoch."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = math.ceil(config["train_size"] / config["batch_size"])
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": {"schedule": config["schedule"], "step": step, "total": config["epochs"] * steps_per_epoch},
-             "epoch": len(log), "data_rng": gens[0].get_state(), "attack_rng": gens[1].get_state(),
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": len(log),
+             "data_rng": gens[0].get_state(), "attack_rng": gens[1].get_state(),
              "torch_rng": torch.get_rng_state(), "log": log, "config": config}
     atomic_write(ckpt_dir / CHECKPOINT_NAME, lambda f: torch.save(state, f))
     _write_logs(ckpt_dir, log)
