@@ -1,7 +1,8 @@
 """The shape of Tables 1-4 of Croce, Rauber and Hein (linear-region attack) on Fashion-MNIST CNNs.
 
-For each model: L2 robust accuracy over an epsilon grid for PGD with 1 start, PGD with many
-restarts, CW-L2, DeepFool, DDN and the linear-region attack (lra-l2), the "difference to the
+For each model: L2 robust accuracy over an epsilon grid (or the seed's Table 2 radii, --eps seed)
+for PGD with 1 start, PGD with many restarts, CW-L2, DeepFool, TR-L2, DDN and the linear-region
+attack (lra-l2), the "difference to the
 best" summary (mean and max over the grid of each attack's robust accuracy minus the lowest
 one), and the run time of each attack. Minimal-norm attacks are run once and read at every
 epsilon; PGD is run once per epsilon. Prints markdown.
@@ -11,16 +12,18 @@ epsilon; PGD is run once per epsilon. Prints markdown.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
+from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd, trust_region
 from minnorm.data import load_fashion_mnist
 from minnorm.models import SmallCNN, load_shipped, load_weights, shipped_names
 
 EPS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+SEED_TABLE_2_EPS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0)  # the seed's Table 2 (MNIST L2 radii)
 
 
 def robust_accuracy(norms: torch.Tensor, correct: torch.Tensor, eps: float) -> float:
@@ -48,6 +51,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     minimal = {
         f"CW-L2 {args.cw_steps}x9": lambda: carlini_wagner_l2(model, x, y, max_iterations=args.cw_steps),
         "DeepFool": lambda: deepfool(model, x, y),
+        "TR-L2": lambda: trust_region(model, x, y, norm=2, generator=gen()),
         f"DDN-{args.ddn_steps}": lambda: ddn(model, x, y, steps=args.ddn_steps, generator=gen()),
         "ours (lra-l2)": lambda: linear_region_attack(
             model, x, y, regions=args.regions, qp_steps=args.qp_steps, classes=1, starts=args.starts,
@@ -59,7 +63,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     for label, restarts in (("PGD-1", 1), (f"PGD-{args.restarts}x", args.restarts)):
         t = time.perf_counter()
         row = []
-        for eps in EPS:
+        for eps in args.eps:
             if eps == 0:
                 row.append(float(correct.float().mean()))
                 continue
@@ -72,15 +76,19 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
         res = fn()
         seconds[label] = time.perf_counter() - t
         norms[label] = torch.where(res.success, res.norms, torch.full_like(res.norms, float("inf")))
-        acc[label] = [robust_accuracy(norms[label], correct, e) for e in EPS]
+        acc[label] = [robust_accuracy(norms[label], correct, e) for e in args.eps]
+    if args.save:
+        Path(args.save).write_text(json.dumps({"model": name, "correct": correct.tolist(), "eps": list(args.eps),
+                                               "robust_accuracy": acc, "seconds": seconds,
+                                               "norms": {k: v.tolist() for k, v in norms.items()}}))
     names = list(acc)
-    best = [min(acc[n][i] for n in names) for i in range(len(EPS))]
+    best = [min(acc[n][i] for n in names) for i in range(len(args.eps))]
     lines = [f"### `{Path(name).name}` ({len(x)} test images, clean accuracy {float(correct.float().mean()):.2f})", "",
              "| eps | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for i, e in enumerate(EPS):
+    for i, e in enumerate(args.eps):
         cells = [(f"**{acc[n][i]:.2f}**" if acc[n][i] == best[i] else f"{acc[n][i]:.2f}") for n in names]
         lines.append(f"| {e:g} | " + " | ".join(cells) + " |")
-    diffs = {n: [acc[n][i] - best[i] for i in range(len(EPS))] for n in names}
+    diffs = {n: [acc[n][i] - best[i] for i in range(len(args.eps))] for n in names}
     lines.append("| mean diff. to best | " + " | ".join(f"{sum(d) / len(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| max diff. to best | " + " | ".join(f"{max(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| run time (s) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
@@ -89,7 +97,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     for label in (k for k in norms if k.startswith("ours")):
         ours = norms[label]
         lines.append(f"- {label}: median L2 over the correctly classified images {ours[correct].median():.4f} "
-                     f"(best of CW/DeepFool/DDN: {others[correct].median():.4f}); <= that best on "
+                     f"(best of CW/DeepFool/TR/DDN: {others[correct].median():.4f}); <= that best on "
                      f"{int((ours <= others * (1 + 1e-6))[correct].sum())}/{int(correct.sum())} images.")
     lines.append("")
     return "\n".join(lines)
@@ -108,7 +116,12 @@ def main() -> None:
     ap.add_argument("--cw-steps", type=int, default=100)
     ap.add_argument("--ddn-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eps", default=None, help="comma-separated L2 radii, or 'seed' for the seed's Table 2 radii "
+                    "(default: %s)" % ",".join(f"{e:g}" for e in EPS))
+    ap.add_argument("--save", default=None, help="write per-image norms and the table's numbers to this JSON file")
     args = ap.parse_args()
+    args.eps = (SEED_TABLE_2_EPS if args.eps == "seed" else
+                tuple(float(e) for e in args.eps.split(",")) if args.eps else EPS)
     torch.set_num_threads(args.threads)
     x, y = load_fashion_mnist("test")
     x, y = x[:args.images], y[:args.images]
