@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core import AttackResult, call_with_budget, relative_perturbation
+from ..core.segment import bisect
 from .plan import AttackPlan
 
 INF = float("inf")
@@ -147,13 +148,5 @@ def _search(plan: AttackPlan, call, x: torch.Tensor, y: torch.Tensor, state: _St
     found = state.credit(torch.arange(n), call, x, y, eps=top)
     lo = torch.zeros(n, dtype=torch.float64)
     hi = torch.full((n,), float(plan.search_max), dtype=torch.float64)
-    active = found.clone()
-    for _ in range(steps):
-        active &= ~state.over
-        idx = active.nonzero().flatten()
-        if len(idx) == 0:
-            break
-        mid = (lo[idx] + hi[idx]) / 2
-        ok = state.credit(idx, call, x, y, eps=mid.to(dtype=x.dtype))
-        hi[idx[ok]] = mid[ok]
-        lo[idx[~ok]] = mid[~ok]
+    bisect(lambda mid, idx: state.credit(idx, call, x, y, eps=mid.to(dtype=x.dtype)), lo, hi, steps,
+           active=lambda: found & ~state.over)
