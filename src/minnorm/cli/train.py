@@ -53,6 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", help="checkpoint and log folder (default: out/train-MODEL)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     p.add_argument("--export", metavar="FILE.safetensors", help="write the final weights and FILE.json")
+    p.add_argument("--init", metavar="NAME|FILE.safetensors",
+                   help="start from these weights (a shipped model or a file written by --export) instead of a "
+                        "random initialisation, e.g. to train a shipped model further")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and attacks (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default: auto)")
     p.add_argument("--threads", type=c.positive_int, help="torch CPU threads (default: torch's choice)")
@@ -70,7 +73,8 @@ def _recipe(args: argparse.Namespace) -> str:
                         ("--optimizer", args.optimizer), ("--weight-decay", args.weight_decay),
                         ("--schedule", args.schedule), ("--adversary", args.adversary),
                         ("--max-norm", args.max_norm), ("--steps", args.steps),
-                        ("--robust-samples", args.robust_samples), ("--seed", args.seed)):
+                        ("--robust-samples", args.robust_samples), ("--init", getattr(args, "init", None)),
+                        ("--seed", args.seed)):
         if value is not None:
             parts += [flag, str(value)]
     for item in args.attack_arg:
@@ -112,6 +116,17 @@ def _model_kwargs(args: argparse.Namespace, x: torch.Tensor, num_classes: int) -
     return kwargs
 
 
+def _load_init(model: torch.nn.Module, init: str) -> None:
+    """``--init``: a shipped model's weights or a weights file; refused if built for another architecture."""
+    from ..models import load_weights, shipped_names
+    from ..models.weights import WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / f"{init}.safetensors" if init in shipped_names() else Path(init)
+    if not path.is_file():
+        raise ValueError(f"--init {init}: neither a shipped model ({', '.join(shipped_names())}) nor a weights file")
+    load_weights(model, path)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..models import build_model, make_activation, save_weights
     from ..training import accuracy, train
@@ -134,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
     num_classes = int(max(train_data[1].max(), test_data[1].max())) + 1
     kwargs = _model_kwargs(args, train_data[0], num_classes)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, **kwargs).to(device)
+    model = build_model(args.model, **kwargs)
+    if args.init:
+        _load_init(model, args.init)
+    model = model.to(device)
     out = Path(args.out or f"out/train-{args.model}")
     log = train(model, train_data, test_data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                 optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -158,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             "recipe": _recipe(args), "epochs": last["epoch"], "seconds": round(last["total_seconds"], 1),
             "clean_test_accuracy": test_acc, "test_samples": len(test_data[1]),
             "robust_accuracy": last.get("robust_accuracy"), "adversary": args.adversary, "max_norm": args.max_norm,
+            "init": args.init,
             "log": log, "date": datetime.date.today().isoformat(), "minnorm": __version__,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         }
