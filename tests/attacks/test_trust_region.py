@@ -248,27 +248,6 @@ def test_empty_batch_float64_and_registry():
     assert bool(res.success.all())
 
 
-def test_segment_root_brackets_the_boundary_in_few_probes():
-    root = torch.tensor([0.1, 0.5, 0.93, 0.99], dtype=torch.float64)
-    level = torch.full_like(root, 1e-9)
-    calls = []
-
-    def affine(t):
-        calls.append(t)
-        return 3.0 * (t - root)
-    t = tr_module._segment_root(affine, affine(torch.zeros_like(root)), affine(torch.ones_like(root)), level, 2)
-    assert bool((affine(t) > 0).all())                      # still adversarial
-    torch.testing.assert_close(t, root, rtol=0, atol=1e-8)  # false position is exact on an affine gap
-    # a curved gap: Illinois keeps both ends moving; every probe stays inside the bracket
-    def curved(t):
-        calls.append(t)
-        return torch.exp(2 * t) - torch.exp(2 * root)
-    calls.clear()
-    t = tr_module._segment_root(curved, curved(torch.zeros_like(root)), curved(torch.ones_like(root)), level, 8)
-    assert bool((curved(t) > 0).all()) and bool((t - root < 1e-5).all())
-    assert all(bool(((c >= 0) & (c <= 1)).all()) for c in calls)
-
-
 @pytest.mark.parametrize("p", [2, math.inf])
 def test_line_search_pulls_an_overshot_crossing_back_to_the_boundary(p):
     lin, x, y, z = affine_problem(seed=2)

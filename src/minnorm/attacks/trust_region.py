@@ -12,23 +12,34 @@ change (sigma1 = 0.9, sigma2 = 0.5, eta). Beyond the paper (each behind an optio
 - targeted attacks (the published ports refuse them), and steps that respect the box exactly
   (the lp step is computed inside the box, not clipped afterwards), with no hard upper cap on
   the radius, so robust models are not left unbroken for lack of travel.
+
+Layout: :class:`_State` holds the per-row tensors of Algorithm 1 (a row is one sample here);
+one iteration of the loop in :func:`_run` is :func:`_evaluate_active` (evaluation, and the
+index selection of Section 4.1 in :func:`_select`), :func:`_observe` (best adversarial, phase
+change, the radius rule of Alg. 1 in :func:`_adapt_radius`) and :func:`_move` (the linear
+model's step :func:`_linear_step`, or the quadratic one :func:`_second_order`); the search ends
+with the segment search :func:`_pull_back`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..core import (
+    AttackRun,
     check_int,
     check_positive,
     dual_exponent,
     lp_norm,
     parse_norm,
+    per_objective_gradients,
     register,
     relative_perturbation,
     start_attack,
 )
+from ..core.segment import regula_falsi
 from ._trsub import lanczos
 
 __all__ = ["trust_region"]
@@ -39,6 +50,60 @@ __all__ = ["trust_region"]
 # walk at 1x the distance of the first crossing (4x ends 5% higher after 10-20 steps).
 _FIRST_RADIUS = 0.3
 _REFINE_RADIUS = 1.0
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The checked options of :func:`trust_region` (see its docstring)."""
+    p: float
+    targeted: bool
+    steps: int
+    refine_steps: int
+    adaptive: bool
+    radius: float | None
+    r_min: float
+    r_max: float
+    eta: float
+    sigma1: float
+    sigma2: float
+    overshoot: float
+    hardest: bool
+    top_k: int
+    revisit: int
+    order: int
+    lanczos_steps: int
+    line_search: int
+
+
+def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) -> _Options:
+    """Validate the arguments of :func:`trust_region` (Alg. 1 needs eta > 1, 0 < sigma2 <= sigma1 < 1)."""
+    p = parse_norm(norm)
+    if p not in (2.0, math.inf):
+        raise NotImplementedError(f"the trust region attack supports L2 and Linf, not l{p:g}")
+    if kw["order"] not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {kw['order']!r}")
+    if kw["order"] == 2 and p != 2:
+        raise NotImplementedError("the second-order trust region attack is defined for L2 only")
+    if target_mode not in ("best", "hardest"):
+        raise ValueError(f"target_mode must be 'best' or 'hardest', got {target_mode!r}")
+    if targeted and target_mode == "hardest":
+        raise ValueError("target_mode='hardest' chooses the target class; it cannot be combined with targeted=True")
+    for name in ("steps", "top_k", "lanczos_steps"):
+        kw[name] = check_int(name, kw[name])
+    for name in ("refine_steps", "revisit", "line_search"):
+        kw[name] = check_int(name, kw[name], 0)
+    check_positive("overshoot", kw["overshoot"], allow_zero=True)
+    eta, sigma1, sigma2 = kw["eta"], kw["sigma1"], kw["sigma2"]
+    if not (eta > 1 and math.isfinite(eta)):
+        raise ValueError(f"eta must be > 1 and finite, got {eta}")
+    if not 0 < sigma2 <= sigma1 < 1:
+        raise ValueError(f"need 0 < sigma2 <= sigma1 < 1, got sigma1={sigma1}, sigma2={sigma2}")
+    r_min, r_max = (float(v) for v in radius_bounds)
+    if not 0 < r_min <= r_max:
+        raise ValueError(f"radius_bounds must satisfy 0 < min <= max, got {radius_bounds!r}")
+    if kw["radius"] is not None:
+        check_positive("radius", kw["radius"])
+    return _Options(p=p, targeted=bool(targeted), r_min=r_min, r_max=r_max, hardest=target_mode == "hardest", **kw)
 
 
 def _box_linear_step(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, need: torch.Tensor,
@@ -84,7 +149,7 @@ def _box_linear_step(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, need: 
 
 
 class _Margin:
-    """Per-sample margin m = z_a - z_c to drive below zero.
+    """Per-sample margin m = z_a - z_c to drive below zero (the f = z_t - z_i of eq. (3)).
 
     Untargeted ("away" from y): c is the attack class, or the runner-up to y when ``runner``.
     Towards a class b (targeted, or the hardest class): c = b, a = the strongest other class.
@@ -102,7 +167,6 @@ class _Margin:
         return logits.gather(1, a[:, None])[:, 0] - logits.gather(1, c[:, None])[:, 0]
 
 
-
 def _adv_gap(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, towards: torch.Tensor) -> torch.Tensor:
     """Logit gap by which a point is adversarial (> 0) or not: away from y, or towards ``target``."""
     away = logits.scatter(1, y[:, None], -math.inf).amax(1) - logits.gather(1, y[:, None])[:, 0]
@@ -110,31 +174,326 @@ def _adv_gap(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, toward
     return torch.where(towards, to, away)
 
 
-def _segment_root(probe, f_lo: torch.Tensor, f_hi: torch.Tensor, level: torch.Tensor, evaluations: int) -> torch.Tensor:
-    """Smallest known adversarial fraction t of the segment [x0, best]: Illinois regula falsi on
-    the adversarial gap f(t) (f(0) < 0 < f(1)), ``evaluations`` forward passes in all.
+@dataclass
+class _State:
+    """Per-row state of Algorithm 1. Row r attacks sample ``sample[r]`` from the start point
+    ``x[r]`` (its flat perturbed input), with the ``rank[r]``-th attack class of Section 4.1; rows
+    that start from the same point share the class selection of their ``lead`` row."""
+    run: AttackRun
+    o: _Options
+    sample: torch.Tensor            # [R] the sample each row attacks
+    rank: torch.Tensor              # [R] which class of the selection (0: the best, or the hardest)
+    lead: torch.Tensor              # [R] the row whose selection this row shares at the start
+    flat0: torch.Tensor             # [R, D] the clean input, flat
+    x: torch.Tensor                 # [R, D] the current point x_j
+    y: torch.Tensor                 # [R] the label (or the target when targeted)
+    towards: torch.Tensor           # [R] bool: reach ``target`` (targeted, hardest) instead of leaving y
+    target: torch.Tensor            # [R] the attack class i of Alg. 1 (or the target)
+    runner: torch.Tensor            # [R] bool: the walk leaves y towards the runner-up
+    active: torch.Tensor            # [R] bool: still iterating
+    refining: torch.Tensor          # [R] bool: past the first crossing (the boundary walk)
+    curved: torch.Tensor            # [R] bool: still using the quadratic model
+    vanished: torch.Tensor          # [R] bool: its Hessian-vector product was zero
+    n_search: torch.Tensor          # [R] search steps taken
+    n_refine: torch.Tensor          # [R] refinement steps taken
+    rad: torch.Tensor               # [R] the radius eps_j (nan before the first step)
+    predicted: torch.Tensor         # [R] the margin the model predicted for x_j
+    prev_margin: torch.Tensor       # [R] the margin at x_{j-1}
+    kappa: torch.Tensor             # [R] the walk's margin target
+    clean_margin: torch.Tensor      # [R] |margin| at the start
+    best: torch.Tensor              # [R, D] the smallest adversarial seen
+    best_norm: torch.Tensor         # [R] its norm (inf: none yet)
+    best_gap: torch.Tensor          # [R] how far inside the adversarial region it is
+    first_norm: torch.Tensor        # [R] norm at the first crossing
+    chosen: torch.Tensor            # [R] the class selected at the start
 
-    The gap is nearly affine along a short segment (exactly so within one linear region of a ReLU
-    network), so false position lands within float noise in 2-3 passes where bisection needs
-    about 10 for 0.1%; the Illinois halving keeps a curved gap from stalling one end. Each probe
-    aims at f = ``level`` (> 0, tiny) rather than at f = 0, so that it lands clearly on one side:
-    a probe at the exact root would let rounding (another batch composition) pick the side."""
-    t_lo, t_hi = torch.zeros_like(f_lo), torch.ones_like(f_hi)
-    side = torch.zeros_like(f_lo)            # +1: the last update moved t_hi, -1: t_lo
-    for _ in range(evaluations):
-        w = t_hi - t_lo
-        c = torch.minimum(level, f_hi / 2)
-        t = t_hi - (f_hi - c) * w / (f_hi - f_lo)
-        # a guard band keeps each probe strictly inside the bracket
-        t = torch.minimum(torch.maximum(t, t_lo + 1e-3 * w), t_hi - 1e-3 * w)
-        f = probe(t)
-        hit = f > 0
-        f_lo = torch.where(hit & (side > 0), f_lo / 2, f_lo)
-        f_hi = torch.where(~hit & (side < 0), f_hi / 2, f_hi)
-        t_hi, f_hi = torch.where(hit, t, t_hi), torch.where(hit, f, f_hi)
-        t_lo, f_lo = torch.where(hit, t_lo, t), torch.where(hit, f_lo, f)
-        side = torch.where(hit, torch.ones_like(side), -torch.ones_like(side))
-    return t_hi
+    @classmethod
+    def start(cls, run: AttackRun, o: _Options, sample: torch.Tensor, x: torch.Tensor, rank: torch.Tensor,
+              lead: torch.Tensor) -> "_State":
+        """Rows for the samples ``sample`` starting at the flat points ``x``."""
+        r, dev, dt = len(sample), x.device, x.dtype
+        nan = torch.full((r,), math.nan, dtype=dt, device=dev)
+        no = torch.zeros(r, dtype=torch.bool, device=dev)
+        flat0 = run.inputs.flatten(1)[sample]
+        y = run.labels[sample]
+        return cls(run=run, o=o, sample=sample, rank=rank, lead=lead, flat0=flat0, x=x.clone(), y=y,
+                   towards=torch.full_like(no, o.targeted or o.hardest), target=y.clone(), runner=no.clone(),
+                   active=~no, refining=no.clone(), curved=torch.full_like(no, o.order == 2), vanished=no.clone(),
+                   n_search=torch.zeros(r, dtype=torch.long, device=dev), n_refine=torch.zeros(r, dtype=torch.long, device=dev),
+                   rad=nan.clone() if o.radius is None else torch.full_like(nan, float(o.radius)),
+                   predicted=nan.clone(), prev_margin=nan.clone(), kappa=nan.clone(), clean_margin=nan.clone(),
+                   best=flat0.clone(), best_norm=torch.full_like(nan, math.inf), best_gap=nan.clone(),
+                   first_norm=torch.full_like(nan, math.inf), chosen=y.clone())
+
+    def take(self, rows: torch.Tensor) -> "_State":
+        """The state of the rows ``rows`` only."""
+        return _State(**{f.name: _index(getattr(self, f.name), rows) for f in fields(self)})
+
+    def points(self, rows: torch.Tensor) -> torch.Tensor:
+        """The current points of ``rows`` in the input's shape."""
+        return self.x[rows].view((len(rows),) + self.run.inputs.shape[1:])
+
+    def margin(self, rows: torch.Tensor) -> _Margin:
+        return _Margin(self.y[rows], self.target[rows], self.towards[rows], self.runner[rows])
+
+    def safe(self, z: torch.Tensor) -> torch.Tensor:
+        """A point counts as adversarial only this far inside, so that the final pass (another
+        batch composition, other rounding) agrees with the attack."""
+        return 100 * torch.finfo(z.dtype).eps * z.abs().amax(1).clamp_min(1)
+
+
+def _index(v, rows: torch.Tensor):
+    return v[rows] if isinstance(v, torch.Tensor) else v
+
+
+def _evaluate(s: _State, idx: torch.Tensor, second: torch.Tensor, last: torch.Tensor):
+    """Logits, margin and gradient at rows ``idx`` (one forward and one backward pass each).
+    Rows ``last`` stop after this evaluation whatever it shows: forward pass only. Rows
+    ``second`` also get a Hessian-vector product (:func:`_with_hessian`); it acts on the rows
+    ``idx[~last]``, returned with it."""
+    run, dt, dev = s.run, s.x.dtype, s.x.device
+    z = torch.zeros(len(idx), run.num_classes, dtype=dt, device=dev)
+    m, g = torch.zeros(len(idx), dtype=dt, device=dev), torch.zeros_like(s.flat0[idx])
+    if bool(last.any()):
+        rows = idx[last]
+        with torch.no_grad():
+            z[last] = run.model(s.points(rows), s.sample[rows])
+        m[last] = s.margin(rows)(z[last])
+    rest, hvp = idx[~last], None
+    if len(rest) == 0:
+        return z, m, g, hvp, rest
+    if not bool(second[~last].any()):
+        z[~last], m[~last], gr = run.model.value_and_grad(s.points(rest), s.margin(rest), s.sample[rest])
+        g[~last] = gr.flatten(1)
+        return z, m, g, hvp, rest
+    z[~last], m[~last], g[~last], hvp = _with_hessian(s, rest)
+    return z, m, g, hvp, rest
+
+
+def _with_hessian(s: _State, rest: torch.Tensor):
+    """Logits, margin, gradient at rows ``rest`` and a Hessian-vector product closure ``hvp(v,
+    rows)`` of the margin by double backprop (the H of eq. (3); one backward pass charged per
+    product and row of the bool mask ``rows`` over ``rest``)."""
+    model, margin, dt = s.run.model, s.margin(rest), s.x.dtype
+    with torch.enable_grad():
+        xr = s.points(rest).detach().requires_grad_(True)
+        zr = model(xr, s.sample[rest])
+        mr = margin(zr)
+        (gr,) = torch.autograd.grad(mr.sum(), xr, create_graph=True)
+    model.count_backward(s.sample[rest])
+
+    def hvp(v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        if not gr.requires_grad or not bool(rows.any()):
+            return out      # the gradient does not depend on x: an affine model
+        with torch.enable_grad():
+            (h,) = torch.autograd.grad((gr * (v * rows[:, None].to(dt)).view_as(gr)).sum(), xr,
+                                       retain_graph=True, allow_unused=True)
+        model.count_backward(s.sample[rest[rows]])
+        return out if h is None else h.detach().flatten(1)
+    return zr.detach(), mr.detach(), gr.detach().flatten(1), hvp
+
+
+def _select(s: _State, idx: torch.Tensor):
+    """Index selection of Section 4.1 at the points of rows ``idx``: the ``top_k`` classes with
+    the largest logits, ranked by linearised distance (z_y - z_j) / ||grad(z_y - z_j)||_q
+    (smallest first; largest first for the hardest class). One forward and k backward passes per
+    row. Returns the logits, and the ranked classes, margins and gradients ([r, k], [r, k],
+    [r, k, D])."""
+    run, tiny = s.run, torch.finfo(s.x.dtype).tiny
+    k = min(s.o.top_k, run.num_classes - 1)
+    with torch.enable_grad():
+        xr = s.points(idx).detach().requires_grad_(True)
+        z = run.model(xr, s.sample[idx])
+        zd, yi = z.detach(), s.y[idx]
+        cand = zd.scatter(1, yi[:, None], -math.inf).topk(k, dim=1).indices
+        diff = z.gather(1, yi[:, None]) - z.gather(1, cand)
+        grads = per_objective_gradients(diff, xr).flatten(2)
+    run.model.charge(s.sample[idx], backward=k)
+    gap = diff.detach()
+    q = dual_exponent(s.o.p)
+    dist = torch.stack([gap[:, i].clamp_min(0) / lp_norm(grads[:, i], q).clamp_min(tiny) for i in range(k)], 1)
+    order = dist.argsort(dim=1, descending=s.o.hardest, stable=True)
+    return zd, cand.gather(1, order), gap.gather(1, order), grads[torch.arange(len(idx), device=idx.device)[:, None], order]
+
+
+def _selected(s: _State, idx: torch.Tensor, shared: bool):
+    """Attack class of each row ``idx`` by :func:`_select`: the class of the row's rank, at its
+    own point, or (``shared``, at the start) at the point of its ``lead`` row, selected once."""
+    if shared:
+        leads = torch.unique(s.lead[idx])
+        pos = torch.searchsorted(leads, s.lead[idx])
+    else:
+        leads, pos = idx, torch.arange(len(idx), device=idx.device)
+    zd, classes, gaps, grads = _select(s, leads)
+    rank = s.rank[idx].clamp_max(classes.shape[1] - 1)[:, None]
+    return zd[pos], classes[pos].gather(1, rank)[:, 0], gaps[pos].gather(1, rank)[:, 0], grads[pos, rank[:, 0]]
+
+
+def _evaluate_active(s: _State, it: int, idx: torch.Tensor):
+    """Step 1 of an iteration: evaluate the active rows ``idx``; at the start (and every
+    ``revisit`` search steps) choose the attack class by :func:`_select` (Alg. 1, "Index
+    Selection"). Returns logits, margins, gradients, the Hessian-vector product closure and its
+    rows (order 2), and which rows were selected now."""
+    o = s.o
+    if it == 0:
+        sel = torch.full_like(idx, not o.targeted, dtype=torch.bool)
+    elif o.revisit:
+        sel = ~s.towards[idx] & ~s.refining[idx] & (s.n_search[idx] % o.revisit == 0)
+    else:
+        sel = torch.zeros_like(idx, dtype=torch.bool)
+    ev = idx[~sel]
+    z, m, g, hvp, hrows = _evaluate(s, ev, s.curved[ev] & ~s.refining[ev],
+                                    s.refining[ev] & (s.n_refine[ev] >= o.refine_steps))
+    if bool(sel.any()):
+        zs, ts, ms, gs = _selected(s, idx[sel], it == 0)
+        s.target[idx[sel]] = ts
+        zf, mf, gf = (torch.zeros((len(idx),) + v.shape[1:], dtype=v.dtype, device=v.device) for v in (z, m, g))
+        zf[~sel], mf[~sel], gf[~sel] = z, m, g
+        zf[sel], mf[sel], gf[sel] = zs, ms, gs
+        z, m, g = zf, mf, gf
+        if it == 0:
+            s.chosen[idx] = s.target[idx]
+            if o.order == 2:
+                # the selection pass built no double-backprop graph: evaluate again so that
+                # the first step can use the quadratic model too
+                z, m, g, hvp, hrows = _evaluate(s, idx, s.curved[idx], torch.zeros_like(sel))
+                sel = torch.zeros_like(sel)
+    if it == 0:
+        s.clean_margin[idx] = m.abs()
+    return z, m, g, hvp, hrows, sel
+
+
+def _adapt_radius(s: _State, idx: torch.Tensor, m: torch.Tensor, sel: torch.Tensor, r: torch.Tensor,
+                  ref: torch.Tensor) -> torch.Tensor:
+    """The radius rule of Alg. 1: rho = actual / predicted change of the margin; eps x eta if
+    rho > sigma1, / eta if rho < sigma2, clamped to ``radius_bounds``. Refinement moves along the
+    boundary, where the predicted change has either sign: the linear model is judged there by
+    its relative error (grow below 1 - sigma1, shrink above 1 - sigma2), with no upper bound."""
+    o, tiny = s.o, torch.finfo(m.dtype).tiny
+    pm, pr = s.prev_margin[idx], s.predicted[idx]
+    ok = torch.isfinite(pm) & torch.isfinite(pr) & ~sel
+    change, actual = pr - pm, m - pm
+    rho = actual / torch.where(change != 0, change, torch.ones_like(change))
+    err = (actual - change).abs() / change.abs().clamp_min(tiny)
+    grow = ok & torch.where(ref, err < 1 - o.sigma1, (change < 0) & (rho > o.sigma1))
+    shrink = ok & torch.where(ref, err > 1 - o.sigma2, (change < 0) & (rho < o.sigma2))
+    r = torch.where(grow, r * o.eta, torch.where(shrink, r / o.eta, r))
+    return torch.where(ref, r.clamp_min(o.r_min), r.clamp(o.r_min, o.r_max))
+
+
+def _observe(s: _State, idx: torch.Tensor, z: torch.Tensor, m: torch.Tensor, sel: torch.Tensor):
+    """Step 2 of an iteration: keep the best adversarial, switch rows that crossed the boundary
+    to the walk (the "while" test of Alg. 1; the walk then leaves y towards the runner-up), update
+    the radius (:func:`_adapt_radius`) and stop rows that are done. Returns the rows of ``idx``
+    that step on, their perturbations, radii, phases and which just crossed."""
+    o = s.o
+    delta = s.x[idx] - s.flat0[idx]
+    dn = lp_norm(delta, o.p)
+    gap, thr = _adv_gap(z, s.y[idx], s.target[idx], s.towards[idx]), s.safe(z)
+    adv = gap > thr
+    better = adv & (dn < s.best_norm[idx])
+    s.best[idx] = torch.where(better[:, None], s.x[idx], s.best[idx])
+    s.best_norm[idx] = torch.where(better, dn, s.best_norm[idx])
+    s.best_gap[idx] = torch.where(better, gap - thr, s.best_gap[idx])
+    new = adv & ~s.refining[idx]
+    s.first_norm[idx] = torch.where(new, dn, s.first_norm[idx])
+    r, ref = s.rad[idx], s.refining[idx]
+    if o.adaptive:
+        r = _adapt_radius(s, idx, m, sel, r, ref)
+    # The walk's margin target kappa doubles after a step that lands outside the adversarial
+    # region and halves after one inside: it tracks the linearisation error.
+    r = torch.where(new, _REFINE_RADIUS * dn, r)
+    kap = s.kappa[idx]
+    s.kappa[idx] = torch.where(new, o.overshoot * s.clean_margin[idx],
+                               torch.where(ref, torch.where(adv, kap / 2, kap * 2), kap))
+    s.refining[idx] = ref = ref | adv
+    s.runner[idx] = s.runner[idx] | (new & ~s.towards[idx])
+    done = (ref & (s.n_refine[idx] >= o.refine_steps)) | (~ref & (s.n_search[idx] >= o.steps)) | (s.best_norm[idx] == 0)
+    s.active[idx] = ~done
+    s.rad[idx] = r
+    return ~done, delta, r, ref, new
+
+
+def _linear_step(s: _State, kid: torch.Tensor, z: torch.Tensor, m: torch.Tensor, g: torch.Tensor,
+                 delta: torch.Tensor, r: torch.Tensor, ref: torch.Tensor):
+    """The first-order step of eq. (3) (the linear model, H = 0), inside the box.
+
+    Search rows: the smallest step to the linearised boundary (plus the overshoot), at most the
+    radius eps_j long; the first radius is 0.3x the first linearised distance. Refinement rows:
+    the nearest point to the input on the linearised boundary (plus kappa), approached by at
+    most the radius. Returns the step, the predicted margin, the required decrease, the box
+    relative to x_j, and the radii."""
+    o, p, tiny = s.o, s.o.p, torch.finfo(m.dtype).tiny
+    margin_goal = torch.where(ref, s.kappa[kid], o.overshoot * m.abs()) + s.safe(z)
+    need = torch.where(ref, m - (g * delta).sum(1), m) + margin_goal
+    lo0, hi0 = s.run.bounds[0] - s.flat0[kid], s.run.bounds[1] - s.flat0[kid]
+    lo = torch.where(ref[:, None], lo0, lo0 - delta)
+    hi = torch.where(ref[:, None], hi0, hi0 - delta)
+    first = torch.isnan(r) & ~ref
+    if bool(first.any()):
+        full = _box_linear_step(-g[first], lo[first], hi[first], need[first], torch.full_like(r[first], math.inf), p)
+        r = r.clone()
+        r[first] = (_FIRST_RADIUS * lp_norm(full, p)).clamp(o.r_min, o.r_max)
+    cap = torch.where(ref, torch.full_like(r, math.inf), r)
+    step = _box_linear_step(-g, lo, hi, need, cap, p)
+    move = step - delta
+    step = torch.where(ref[:, None], move * (r / lp_norm(move, p).clamp_min(tiny)).clamp_max(1)[:, None], step)
+    return step, m + (g * step).sum(1), need, lo, hi, r
+
+
+def _move(s: _State, idx: torch.Tensor, keep: torch.Tensor, z: torch.Tensor, m: torch.Tensor, g: torch.Tensor,
+          delta: torch.Tensor, r: torch.Tensor, ref: torch.Tensor, new: torch.Tensor, hvp, hrows: torch.Tensor) -> None:
+    """Step 3 of an iteration: x_{j+1} = clip(x_j + step) for the rows ``idx[keep]`` (Alg. 1,
+    "Update"), the step from the linear model (:func:`_linear_step`) or, for order 2, the
+    quadratic one (:func:`_second_order`); records the predicted margin for the next ratio."""
+    kid, m, g, delta, r, ref, new = idx[keep], m[keep], g[keep], delta[keep], r[keep], ref[keep], new[keep]
+    step, pred, need, lo, hi, r = _linear_step(s, kid, z[keep], m, g, delta, r, ref)
+    s.rad[kid] = r
+    if hvp is not None:
+        use = s.curved[kid] & ~ref & torch.isin(kid, hrows)
+        pred, step = _second_order(hrows, kid, hvp, g, m, step, pred, need, r, lo, hi, use, s.vanished, s.curved,
+                                   s.o.lanczos_steps)
+    s.predicted[kid] = torch.where(new, torch.full_like(pred, math.nan), pred)   # the walk switches the margin
+    s.prev_margin[kid] = m
+    s.x[kid] = (s.flat0[kid] + delta + step).clamp(*s.run.bounds)
+    s.n_search[kid] += (~ref).long()
+    s.n_refine[kid] += ref.long()
+
+
+def _iterate(s: _State) -> _State:
+    """Algorithm 1 on every row until each stops on its own: at the end of its refinement, or
+    after ``steps`` search steps without success."""
+    for it in range(s.o.steps + s.o.refine_steps + 1):
+        idx = s.active.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        z, m, g, hvp, hrows, sel = _evaluate_active(s, it, idx)
+        keep, delta, r, ref, new = _observe(s, idx, z, m, sel)
+        if bool(keep.any()):
+            _move(s, idx, keep, z, m, g, delta, r, ref, new, hvp, hrows)
+    return s
+
+
+def _pull_back(s: _State) -> None:
+    """Beyond the paper: ``line_search`` forward passes of regula falsi
+    (:func:`~minnorm.core.segment.regula_falsi`) on the segment from the input to each row's best
+    adversarial pull it back onto the boundary (the walk aims a little inside the region)."""
+    found = torch.isfinite(s.best_norm) & (s.best_norm > 0)
+    if not s.o.line_search or not bool(found.any()):
+        return
+    idx = found.nonzero().squeeze(1)
+    zc = s.run.clean_logits[s.sample[idx]]
+    y, target, towards = s.y[idx], s.target[idx], s.towards[idx]
+    x0, x1 = s.flat0[idx], s.best[idx]
+
+    def probe(t: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = s.run.model((x0 + t[:, None] * (x1 - x0)).view((len(idx),) + s.run.inputs.shape[1:]), s.sample[idx])
+        return _adv_gap(z, y, target, towards) - s.safe(z)
+    f0 = _adv_gap(zc, y, target, towards) - s.safe(zc)
+    t = regula_falsi(probe, f0, s.best_gap[idx], s.safe(zc), s.o.line_search)
+    s.best[idx] = x0 + t[:, None] * (x1 - x0)
 
 
 def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2, targeted: bool = False,
@@ -175,244 +534,28 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     the first crossing: what the original returns), ``search_steps``, ``refine_steps``, and
     ``relative_perturbation`` ||dx||_p / ||x||_p (eq. (4); inf where the attack failed).
     """
-    p = parse_norm(norm)
-    if p not in (2.0, math.inf):
-        raise NotImplementedError(f"the trust region attack supports L2 and Linf, not l{p:g}")
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if order == 2 and p != 2:
-        raise NotImplementedError("the second-order trust region attack is defined for L2 only")
-    if target_mode not in ("best", "hardest"):
-        raise ValueError(f"target_mode must be 'best' or 'hardest', got {target_mode!r}")
-    if targeted and target_mode == "hardest":
-        raise ValueError("target_mode='hardest' chooses the target class; it cannot be combined with targeted=True")
-    steps, top_k = check_int("steps", steps), check_int("top_k", top_k)
-    lanczos_steps = check_int("lanczos_steps", lanczos_steps)
-    refine_steps, revisit = check_int("refine_steps", refine_steps, 0), check_int("revisit", revisit, 0)
-    line_search = check_int("line_search", line_search, 0)
-    check_positive("overshoot", overshoot, allow_zero=True)
-    if not (eta > 1 and math.isfinite(eta)):
-        raise ValueError(f"eta must be > 1 and finite, got {eta}")
-    if not 0 < sigma2 <= sigma1 < 1:
-        raise ValueError(f"need 0 < sigma2 <= sigma1 < 1, got sigma1={sigma1}, sigma2={sigma2}")
-    r_min, r_max = (float(v) for v in radius_bounds)
-    if not 0 < r_min <= r_max:
-        raise ValueError(f"radius_bounds must satisfy 0 < min <= max, got {radius_bounds!r}")
-    if radius is not None:
-        check_positive("radius", radius)
-
-    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
+    o = _check_options(norm, targeted, target_mode, radius_bounds, steps=steps, refine_steps=refine_steps,
+                       adaptive=adaptive, radius=radius, eta=eta, sigma1=sigma1, sigma2=sigma2, overshoot=overshoot,
+                       top_k=top_k, revisit=revisit, order=order, lanczos_steps=lanczos_steps, line_search=line_search)
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=o.p, generator=generator)
     if run.batch_size == 0:
         return run.finish(inputs.clone())
-    x0, y, n = run.inputs, run.labels, run.batch_size
-    dev, dt = x0.device, x0.dtype
-    flat0 = x0.flatten(1)
-    lo0, hi0 = run.bounds[0] - flat0, run.bounds[1] - flat0
-    hardest = target_mode == "hardest"
-    q = dual_exponent(p)
-    k = min(top_k, run.num_classes - 1)
-    tiny = torch.finfo(dt).tiny
+    rows = torch.arange(run.batch_size, device=inputs.device)
+    s = _iterate(_State.start(run, o, rows, run.inputs.flatten(1), torch.zeros_like(rows), rows))
+    _pull_back(s)
+    return _finish(s)
 
-    def safe(z: torch.Tensor) -> torch.Tensor:
-        # a point counts as adversarial only this far inside, so the final pass (another batch
-        # composition, other rounding) agrees with the attack
-        return 100 * torch.finfo(dt).eps * z.abs().amax(1).clamp_min(1)
 
-    towards = torch.full((n,), targeted or hardest, device=dev)
-    target = y.clone()
-    runner = torch.zeros(n, dtype=torch.bool, device=dev)
-
-    def evaluate(idx: torch.Tensor, second: torch.Tensor, last: torch.Tensor):
-        """Logits, margin and gradient at rows ``idx``. Rows ``last`` stop after this evaluation
-        whatever it shows: forward pass only. Rows ``second`` also get a Hessian-vector product
-        closure by double backprop (one backward pass charged per product and row); it acts on
-        the rows ``idx[~last]``, returned with it."""
-        z = torch.zeros(len(idx), run.num_classes, dtype=dt, device=dev)
-        m, g = torch.zeros(len(idx), dtype=dt, device=dev), torch.zeros_like(flat0[idx])
-        if bool(last.any()):
-            with torch.no_grad():
-                z[last] = run.model(x[idx[last]], idx[last])
-            m[last] = _Margin(y[idx[last]], target[idx[last]], towards[idx[last]], runner[idx[last]])(z[last])
-        rest, hvp = idx[~last], None
-        if len(rest) == 0:
-            return z, m, g, hvp, rest
-        margin = _Margin(y[rest], target[rest], towards[rest], runner[rest])
-        if not bool(second[~last].any()):
-            z[~last], m[~last], gr = run.model.value_and_grad(x[rest], margin, rest)
-            g[~last] = gr.flatten(1)
-            return z, m, g, hvp, rest
-        with torch.enable_grad():
-            xr = x[rest].detach().requires_grad_(True)
-            zr = run.model(xr, rest)
-            mr = margin(zr)
-            (gr,) = torch.autograd.grad(mr.sum(), xr, create_graph=True)
-        run.model.count_backward(rest)
-        z[~last], m[~last], g[~last] = zr.detach(), mr.detach(), gr.detach().flatten(1)
-
-        def hvp(v: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros_like(v)
-            if not gr.requires_grad or not bool(rows.any()):
-                return out      # the gradient does not depend on x: an affine model
-            with torch.enable_grad():
-                (h,) = torch.autograd.grad((gr * (v * rows[:, None].to(dt)).view_as(gr)).sum(), xr,
-                                           retain_graph=True, allow_unused=True)
-            run.model.count_backward(rest[rows])
-            return out if h is None else h.detach().flatten(1)
-        return z, m, g, hvp, rest
-
-    def select(idx: torch.Tensor):
-        """Attack class among the top-k by linearised distance (Section 4.1): k backward passes."""
-        with torch.enable_grad():
-            xr = x[idx].detach().requires_grad_(True)
-            z = run.model(xr, idx)
-            zd, yi = z.detach(), y[idx]
-            cand = zd.scatter(1, yi[:, None], -math.inf).topk(k, dim=1).indices
-            best_d = torch.full((len(idx),), -math.inf if hardest else math.inf, dtype=dt, device=dev)
-            best_c, best_g = cand[:, 0].clone(), torch.zeros_like(xr).flatten(1)
-            one_y = torch.zeros_like(zd).scatter(1, yi[:, None], 1.0)
-            for i in range(k):
-                c = cand[:, i]
-                # a scalar objective: explicit grad_outputs make torch import sympy (2 s) on first use
-                w = one_y - torch.zeros_like(zd).scatter(1, c[:, None], 1.0)
-                (g,) = torch.autograd.grad((z * w).sum(), xr, retain_graph=i < k - 1)
-                run.model.count_backward(idx)
-                g = g.flatten(1)
-                gap = zd.gather(1, yi[:, None])[:, 0] - zd.gather(1, c[:, None])[:, 0]
-                d = gap.clamp_min(0) / lp_norm(g, q).clamp_min(tiny)
-                better = d > best_d if hardest else d < best_d
-                best_d, best_c = torch.where(better, d, best_d), torch.where(better, c, best_c)
-                best_g = torch.where(better[:, None], g, best_g)
-        m = zd.gather(1, yi[:, None])[:, 0] - zd.gather(1, best_c[:, None])[:, 0]
-        return zd, best_c, m, best_g
-
-    def _probe(s: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Forward pass at x0 + s (best - x0) for rows ``idx``: how far inside the adversarial region."""
-        with torch.no_grad():
-            z = run.model((flat0[idx] + s[:, None] * (best[idx] - flat0[idx])).view((len(idx),) + x0.shape[1:]), idx)
-        return _adv_gap(z, y[idx], target[idx], towards[idx]) - safe(z)
-
-    x = x0.clone()
-    active = torch.ones(n, dtype=torch.bool, device=dev)
-    refining = torch.zeros_like(active)
-    curved = torch.full_like(active, order == 2)          # rows still using the quadratic model
-    vanished = torch.zeros_like(active)
-    n_search = torch.zeros(n, dtype=torch.long, device=dev)
-    n_refine = torch.zeros_like(n_search)
-    nan = torch.full((n,), math.nan, dtype=dt, device=dev)
-    rad = nan.clone() if radius is None else torch.full_like(nan, float(radius))
-    predicted, prev_margin = nan.clone(), nan.clone()      # margin predicted by the model, and before the step
-    best, best_norm, first_norm = flat0.clone(), torch.full_like(nan, math.inf), torch.full_like(nan, math.inf)
-    best_gap = nan.clone()
-    chosen, kappa, clean_margin = y.clone(), nan.clone(), nan.clone()
-
-    for it in range(steps + refine_steps + 1):
-        idx = active.nonzero().squeeze(1)
-        if len(idx) == 0:
-            break
-        # 1. evaluate the active rows (class selection at the start, and every `revisit` steps)
-        if it == 0:
-            sel = torch.full_like(idx, not targeted, dtype=torch.bool)
-        elif revisit:
-            sel = ~towards[idx] & ~refining[idx] & (n_search[idx] % revisit == 0)
-        else:
-            sel = torch.zeros_like(idx, dtype=torch.bool)
-        ev = idx[~sel]
-        z, m, g, hvp, hrows = evaluate(ev, curved[ev] & ~refining[ev], refining[ev] & (n_refine[ev] >= refine_steps))
-        if bool(sel.any()):
-            zs, ts, ms, gs = select(idx[sel])
-            target[idx[sel]] = ts
-            zf, mf, gf = (torch.zeros((len(idx),) + v.shape[1:], dtype=dt, device=dev) for v in (z, m, g))
-            zf[~sel], mf[~sel], gf[~sel] = z, m, g
-            zf[sel], mf[sel], gf[sel] = zs, ms, gs
-            z, m, g = zf, mf, gf
-            if it == 0:
-                chosen[idx] = target[idx]
-                if order == 2:
-                    # the selection pass built no double-backprop graph: evaluate again so that
-                    # the first step can use the quadratic model too
-                    z, m, g, hvp, hrows = evaluate(idx, curved[idx], torch.zeros_like(sel))
-                    sel = torch.zeros_like(sel)
-        if it == 0:
-            clean_margin[idx] = m.abs()
-        # 2. best adversarial, phase changes, trust-region ratio (Alg. 1)
-        xi = x[idx].flatten(1)
-        delta = xi - flat0[idx]
-        dn = lp_norm(delta, p)
-        gap, thr = _adv_gap(z, y[idx], target[idx], towards[idx]), safe(z)
-        adv = gap > thr
-        better = adv & (dn < best_norm[idx])
-        best[idx] = torch.where(better[:, None], xi, best[idx])
-        best_norm[idx] = torch.where(better, dn, best_norm[idx])
-        best_gap[idx] = torch.where(better, gap - thr, best_gap[idx])
-        new = adv & ~refining[idx]
-        first_norm[idx] = torch.where(new, dn, first_norm[idx])
-        r, ref = rad[idx], refining[idx]
-        if adaptive:
-            pm, pr = prev_margin[idx], predicted[idx]
-            ok = torch.isfinite(pm) & torch.isfinite(pr) & ~sel
-            change, actual = pr - pm, m - pm
-            rho = actual / torch.where(change != 0, change, torch.ones_like(change))
-            # refinement moves along the boundary, where the predicted change has either sign:
-            # judge the linear model by its relative error there
-            err = (actual - change).abs() / change.abs().clamp_min(tiny)
-            grow = ok & torch.where(ref, err < 1 - sigma1, (change < 0) & (rho > sigma1))
-            shrink = ok & torch.where(ref, err > 1 - sigma2, (change < 0) & (rho < sigma2))
-            r = torch.where(grow, r * eta, torch.where(shrink, r / eta, r))
-            r = torch.where(ref, r.clamp_min(r_min), r.clamp(r_min, r_max))
-        # The walk's margin target kappa doubles after a step that lands outside the adversarial
-        # region and halves after one inside: it tracks the linearisation error.
-        r = torch.where(new, _REFINE_RADIUS * dn, r)
-        kap = kappa[idx]
-        kappa[idx] = torch.where(new, overshoot * clean_margin[idx],
-                                 torch.where(ref, torch.where(adv, kap / 2, kap * 2), kap))
-        refining[idx] = ref = ref | adv
-        runner[idx] = runner[idx] | (new & ~towards[idx])
-        done = (ref & (n_refine[idx] >= refine_steps)) | (~ref & (n_search[idx] >= steps)) | (best_norm[idx] == 0)
-        active[idx] = ~done
-        rad[idx] = r
-        keep = ~done
-        if not bool(keep.any()):
-            continue
-        # 3. steps: search rows towards the boundary, refinement rows towards the input along it
-        kid, m, g, delta, r, ref, new = idx[keep], m[keep], g[keep], delta[keep], r[keep], ref[keep], new[keep]
-        margin_goal = torch.where(ref, kappa[kid], overshoot * m.abs()) + safe(z[keep])
-        need = torch.where(ref, m - (g * delta).sum(1), m) + margin_goal
-        lo = torch.where(ref[:, None], lo0[kid], lo0[kid] - delta)
-        hi = torch.where(ref[:, None], hi0[kid], hi0[kid] - delta)
-        first = torch.isnan(r) & ~ref
-        if bool(first.any()):
-            full = _box_linear_step(-g[first], lo[first], hi[first], need[first], torch.full_like(r[first], math.inf), p)
-            r = r.clone()
-            r[first] = (_FIRST_RADIUS * lp_norm(full, p)).clamp(r_min, r_max)
-        cap = torch.where(ref, torch.full_like(r, math.inf), r)
-        step = _box_linear_step(-g, lo, hi, need, cap, p)
-        rad[kid] = r
-        move = step - delta
-        step = torch.where(ref[:, None], move * (r / lp_norm(move, p).clamp_min(tiny)).clamp_max(1)[:, None], step)
-        pred = m + (g * step).sum(1)
-        if hvp is not None:
-            pred, step = _second_order(hrows, kid, hvp, g, m, step, pred, need, r, lo, hi,
-                                       curved[kid] & ~ref & torch.isin(kid, hrows), vanished, curved, lanczos_steps)
-        predicted[kid] = torch.where(new, nan[kid], pred)    # entering refinement switches the margin
-        prev_margin[kid] = m
-        x[kid] = (flat0[kid] + delta + step).clamp(*run.bounds).view_as(x[kid])
-        n_search[kid] += (~ref).long()
-        n_refine[kid] += ref.long()
-
-    found = torch.isfinite(best_norm) & (best_norm > 0)
-    if line_search and bool(found.any()):
-        idx = found.nonzero().squeeze(1)
-        zc = run.clean_logits[idx]
-        f0 = _adv_gap(zc, y[idx], target[idx], towards[idx]) - safe(zc)
-        t = _segment_root(lambda s: _probe(s, idx), f0, best_gap[idx], safe(zc), line_search)
-        best[idx] = flat0[idx] + t[:, None] * (best[idx] - flat0[idx])
-    res = run.finish(best.view_as(x0), info={
-        "target_classes": torch.where(towards, target, chosen), "first_norms": first_norm,
-        "search_steps": n_search, "refine_steps": n_refine})
-    res.info["relative_perturbation"] = torch.where(res.success, relative_perturbation(res.adversarials, x0, p),
+def _finish(s: _State):
+    """The result of the rows, one per sample in order, with the paper's relative perturbation (eq. (4))."""
+    run, p = s.run, s.o.p
+    res = run.finish(s.best.view_as(run.inputs), info={
+        "target_classes": torch.where(s.towards, s.target, s.chosen), "first_norms": s.first_norm,
+        "search_steps": s.n_search, "refine_steps": s.n_refine})
+    res.info["relative_perturbation"] = torch.where(res.success, relative_perturbation(res.adversarials, run.inputs, p),
                                                     torch.full_like(res.norms, math.inf))
-    if order == 2:
-        res.info["hessian_vanished"] = vanished
+    if s.o.order == 2:
+        res.info["hessian_vanished"] = s.vanished
     return res
 
 
@@ -465,6 +608,7 @@ def _second_order(ev: torch.Tensor, kid: torch.Tensor, hvp, g: torch.Tensor, m: 
     return pred, step
 
 
+_PAPER = "Yao et al. 2019, Trust Region Based Adversarial Attack on Neural Networks"
 _PAPER = "Yao et al. 2019, Trust Region Based Adversarial Attack on Neural Networks"
 for _p, _suffix in ((2.0, "l2"), (math.inf, "linf")):
     # Linf's walk converges in about half the steps of L2's (docs/trust-region.md)
