@@ -67,6 +67,19 @@ def tiny_inputs(n: int = 6, seed: int = 0, dtype: torch.dtype = torch.float32,
     return (torch.rand(n, *SHAPE, generator=g, dtype=torch.float64) * (hi - lo) + lo).to(dtype)
 
 
+def separated_inputs(n: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n <= 63`` images ``0.5 + 0.35 h_i`` (``h_i`` rows 1..n of the 64x64 Sylvester-Hadamard
+    matrix) plus noise of 0.05 at most: any two differ in 32 pixels by 0.6 or more, so they are over
+    19 apart in L1 and a point within L1 distance 9 of one is nearer to it than to any other by a
+    factor of more than 0.9 (tests/pass_recorder.py attributes rows to samples this way)."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < 64:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    g = torch.Generator().manual_seed(seed)
+    noise = 0.1 * (torch.rand(n, 64, generator=g, dtype=torch.float64) - 0.5)
+    return (0.5 + 0.35 * h[1:n + 1] + noise).view(n, *SHAPE).to(dtype)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)

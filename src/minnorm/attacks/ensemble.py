@@ -4,7 +4,9 @@ Cheap attacks run on every sample first; the costly ones run only where the chea
 doubt: no adversarial found, or the two best norms disagreeing by more than ``gap`` (a sign
 that neither reached the boundary's nearest point). Per sample the smallest adversarial of all
 members is returned. Every member runs under the sample's remaining share of one total pass
-budget (2,000 by default, AttackBench's), so the ensemble never costs more than that.
+budget (2,000 by default, AttackBench's), so the ensemble never charges more than that; a sample
+whose member ran out of its share is flagged ``over_budget`` (the member may have computed a pass
+it could not credit, see :mod:`minnorm.core.counting`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
     if n == 0:
         return run.finish(inputs.clone(), info={"passes_per_stage": per_stage, "found_by": found_by})
     norms = torch.full((len(members), n), math.inf, dtype=torch.float64, device=inputs.device)
+    over = torch.zeros(n, dtype=torch.bool, device=inputs.device)  # a member ran out of its share
     best = run.inputs.clone()
     todo = ~run.is_adversarial(run.clean_logits)
     cap = torch.tensor(total_passes - 1, device=inputs.device)
@@ -68,6 +71,7 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
                 res = _member(run, name, {**params, **(get(name).quick if quick_members else {})}, rows,
                               (limit - spent)[rows])
                 run.model.charge(rows, forward=res.forward_passes, backward=res.backward_passes)
+                over[rows] |= res.over_budget
                 per_stage[s, rows] += res.passes
                 so_far = norms[:k, rows].min(dim=0).values if k else torch.full_like(norms[0, rows], math.inf)
                 norms[k, rows] = res.norms.double()
@@ -75,8 +79,12 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
                 best[rows[better]] = res.adversarials[better]
                 found_by[rows[better]] = k
             k += 1
-    return run.finish(best, info={"passes_per_stage": per_stage, "found_by": found_by,
-                                  "members": [m[0] for m in members]})
+    out = run.finish(best, info={"passes_per_stage": per_stage, "found_by": found_by,
+                                 "members": [m[0] for m in members]})
+    # A member stopped at its share may have run a pass past it that it could not credit: the
+    # sample is over budget (not hidden), though its adversarial is the member's within the share.
+    out.over_budget = over if out.over_budget is None else out.over_budget | over
+    return out
 
 
 def _member(run, name: str, params: dict[str, Any], rows: torch.Tensor, left: torch.Tensor) -> AttackResult:
