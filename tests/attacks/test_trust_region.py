@@ -259,3 +259,71 @@ def test_line_search_pulls_an_overshot_crossing_back_to_the_boundary(p):
     assert bool((res.norms >= exact * (1 - 1e-9)).all())
     torch.testing.assert_close(res.norms, exact, rtol=1e-4, atol=0)
     assert int(res.forward_passes[0]) == int(far.forward_passes[0]) + 4
+
+
+# ------------------------------------------------ several classes and restarts (issue 13 item 3)
+
+def _many(name: str, **extra):
+    """The registry entry with ``extra`` added to its quick settings."""
+    import dataclasses
+    spec = minnorm.attacks.get(name)
+    return dataclasses.replace(spec, name=f"{name}-many", quick={**spec.quick, **extra})
+
+
+@pytest.mark.parametrize("name", ["tr-linf", "tr-l2"])
+@pytest.mark.parametrize("extra", [{"classes": 3}, {"classes": 3, "restarts": 2}], ids=["k3", "k3r2"])
+def test_classes_and_restarts_keep_the_contract(name, extra):
+    import test_contract as tc
+    spec = _many(name, **extra)
+    for targeted in (False, True):
+        model, x, y = tc.batch(torch.float32)
+        y = tc.target_labels(model, x) if targeted else y
+        res = tc.attack(spec, model, x, y, targeted=targeted)
+        tc.check_outputs(spec, model, x, y, res, targeted=targeted)
+        if targeted:    # one target, one row: class_rank 0 and on target
+            assert bool((res.info["class_rank"] == 0).all())
+            assert torch.equal(tc.predict(model, res.adversarials)[res.success], y[res.success])
+        else:
+            tc.check_pass_counts(spec, res)
+        for index in (0, tc.WRONG[0]):
+            tc.check_best_seen(spec, index, targeted)
+    tc.check_determinism(spec)
+    if "restarts" not in extra:     # random restarts draw other noise alone than in a batch
+        tc.check_batch_equals_single(spec)
+        return
+    model, x, y = tc.batch(torch.float64)
+    a, b = tc.attack(spec, model, x, y, seed=1), tc.attack(spec, model, x, y, seed=2)
+    assert a.success.equal(b.success)
+
+
+@pytest.mark.parametrize("p", [math.inf, 2])
+def test_k_classes_never_worse_than_one_class_on_the_same_seed(p):
+    model, (x, _) = small_cnn(seed=3).double(), cnn_data(16, seed=4)
+    x = x.double()
+    y = model(x).argmax(1)
+    kw = {"norm": p, "steps": 30, "refine_steps": 5, "generator": None}
+    one = trust_region(model, x, y, **kw)
+    many = trust_region(model, x, y, classes=4, **kw)
+    again = trust_region(model, x, y, classes=4, restarts=2, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert bool((many.success >= one.success).all()) and bool((again.success >= many.success).all())
+    ok = one.success
+    assert bool((many.norms[ok] <= one.norms[ok] * (1 + 1e-9)).all())
+    assert bool((again.norms[many.success] <= many.norms[many.success] * (1 + 1e-9)).all())
+    # the other classes win somewhere, and cost their passes
+    assert bool((many.info["class_rank"] > 0).any()) and float(many.norms.sum()) < float(one.norms.sum())
+    assert bool((many.forward_passes > one.forward_passes).all())
+    assert bool((again.forward_passes >= many.forward_passes).all())
+    won = many.info["class_rank"] > 0
+    assert bool((many.norms[won] < one.norms[won]).all())
+
+
+def test_classes_on_an_affine_model_keep_the_closed_form_and_rank_the_classes():
+    lin, x, y, z = affine_problem(seed=1)
+    res = trust_region(lin, x, y, norm=math.inf, classes=3, bounds=(-100, 100))
+    torch.testing.assert_close(res.norms, closed_form(lin, x, y, z, math.inf), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="classes"):
+        trust_region(lin, x, y, classes=0)
+    with pytest.raises(ValueError, match="restarts"):
+        trust_region(lin, x, y, restarts=0)
+    with pytest.raises(ValueError, match="hardest"):
+        trust_region(lin, x, y, classes=2, target_mode="hardest")

@@ -13,7 +13,10 @@ change (sigma1 = 0.9, sigma2 = 0.5, eta). Beyond the paper (each behind an optio
   (the lp step is computed inside the box, not clipped afterwards), with no hard upper cap on
   the radius, so robust models are not left unbroken for lack of travel.
 
-Layout: :class:`_State` holds the per-row tensors of Algorithm 1 (a row is one sample here);
+- ``classes``/``restarts``: the k best classes of Section 4.1 attacked at once (rows = samples x
+  classes) and random restarts, keeping the smallest adversarial per sample.
+
+Layout: :class:`_State` holds the per-row tensors of Algorithm 1 (a row is one sample and class);
 one iteration of the loop in :func:`_run` is :func:`_evaluate_active` (evaluation, and the
 index selection of Section 4.1 in :func:`_select`), :func:`_observe` (best adversarial, phase
 change, the radius rule of Alg. 1 in :func:`_adapt_radius`) and :func:`_move` (the linear
@@ -40,6 +43,7 @@ from ..core import (
     start_attack,
 )
 from ..core.segment import regula_falsi
+from ._minimal import random_in_ball
 from ._trsub import lanczos
 
 __all__ = ["trust_region"]
@@ -73,6 +77,8 @@ class _Options:
     order: int
     lanczos_steps: int
     line_search: int
+    classes: int
+    restarts: int
 
 
 def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) -> _Options:
@@ -88,7 +94,7 @@ def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) 
         raise ValueError(f"target_mode must be 'best' or 'hardest', got {target_mode!r}")
     if targeted and target_mode == "hardest":
         raise ValueError("target_mode='hardest' chooses the target class; it cannot be combined with targeted=True")
-    for name in ("steps", "top_k", "lanczos_steps"):
+    for name in ("steps", "top_k", "lanczos_steps", "classes", "restarts"):
         kw[name] = check_int(name, kw[name])
     for name in ("refine_steps", "revisit", "line_search"):
         kw[name] = check_int(name, kw[name], 0)
@@ -101,6 +107,8 @@ def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) 
     r_min, r_max = (float(v) for v in radius_bounds)
     if not 0 < r_min <= r_max:
         raise ValueError(f"radius_bounds must satisfy 0 < min <= max, got {radius_bounds!r}")
+    if target_mode == "hardest" and kw["classes"] > 1:
+        raise ValueError("classes > 1 keeps the smallest of several classes; target_mode='hardest' asks for the farthest")
     if kw["radius"] is not None:
         check_positive("radius", kw["radius"])
     return _Options(p=p, targeted=bool(targeted), r_min=r_min, r_max=r_max, hardest=target_mode == "hardest", **kw)
@@ -206,6 +214,7 @@ class _State:
     best_gap: torch.Tensor          # [R] how far inside the adversarial region it is
     first_norm: torch.Tensor        # [R] norm at the first crossing
     chosen: torch.Tensor            # [R] the class selected at the start
+    restart: torch.Tensor | None = None     # [R] the restart round of the row (0: from the input)
 
     @classmethod
     def start(cls, run: AttackRun, o: _Options, sample: torch.Tensor, x: torch.Tensor, rank: torch.Tensor,
@@ -228,6 +237,13 @@ class _State:
     def take(self, rows: torch.Tensor) -> "_State":
         """The state of the rows ``rows`` only."""
         return _State(**{f.name: _index(getattr(self, f.name), rows) for f in fields(self)})
+
+    @staticmethod
+    def cat(states: list["_State"]) -> "_State":
+        """The rows of several states (of one attack run) one after the other."""
+        return _State(**{f.name: torch.cat([getattr(t, f.name) for t in states])
+                         if isinstance(getattr(states[0], f.name), torch.Tensor) else getattr(states[0], f.name)
+                         for f in fields(_State)})
 
     def points(self, rows: torch.Tensor) -> torch.Tensor:
         """The current points of ``rows`` in the input's shape."""
@@ -501,6 +517,7 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
                  radius_bounds: tuple[float, float] = (1e-6, math.inf), eta: float = 1.2, sigma1: float = 0.9,
                  sigma2: float = 0.5, overshoot: float = 0.02, target_mode: str = "best", top_k: int = 9,
                  revisit: int = 0, order: int = 1, lanczos_steps: int = 10, line_search: int = 3,
+                 classes: int = 1, restarts: int = 1,
                  bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None):
     """Trust Region attack, Algorithm 1 of Yao et al.: first order (linear model of eq. (3)) or
     ``order=2`` (the quadratic model of eq. (3), a QCQP solved by Lanczos; L2 only).
@@ -530,20 +547,64 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     networks whose Hessian-vector product is exactly zero (ReLU, max-pooling) a sample falls back
     to first order after one product, and ``info["hessian_vanished"]`` says so.
 
+    ``classes=k`` (beyond the paper; untargeted, ``target_mode="best"``): attack the k first
+    classes of the Section 4.1 ranking at once, one row per sample and class (one selection per
+    sample, then each row runs the whole search, walk and line search on its own), and keep the
+    smallest adversarial of each sample. ``restarts=r``: r - 1 further rounds, each from a random
+    point at lp distance half the best norm so far (samples with an adversarial only; ``generator``
+    draws them), again over k classes. Costs about k x r times the passes of one run.
+
     ``info``: ``target_classes`` (chosen attack class, or the target), ``first_norms`` (norm at
-    the first crossing: what the original returns), ``search_steps``, ``refine_steps``, and
-    ``relative_perturbation`` ||dx||_p / ||x||_p (eq. (4); inf where the attack failed).
+    the first crossing: what the original returns), ``search_steps``, ``refine_steps``,
+    ``class_rank`` and ``restart`` (which row won), and ``relative_perturbation`` ||dx||_p /
+    ||x||_p (eq. (4); inf where the attack failed).
     """
     o = _check_options(norm, targeted, target_mode, radius_bounds, steps=steps, refine_steps=refine_steps,
                        adaptive=adaptive, radius=radius, eta=eta, sigma1=sigma1, sigma2=sigma2, overshoot=overshoot,
-                       top_k=top_k, revisit=revisit, order=order, lanczos_steps=lanczos_steps, line_search=line_search)
+                       top_k=top_k, revisit=revisit, order=order, lanczos_steps=lanczos_steps, line_search=line_search,
+                       classes=classes, restarts=restarts)
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=o.p, generator=generator)
     if run.batch_size == 0:
         return run.finish(inputs.clone())
-    rows = torch.arange(run.batch_size, device=inputs.device)
-    s = _iterate(_State.start(run, o, rows, run.inputs.flatten(1), torch.zeros_like(rows), rows))
+    n, rounds = run.batch_size, []
+    norms = torch.full((n,), math.inf, dtype=inputs.dtype, device=inputs.device)
+    for r in range(o.restarts):
+        again = torch.arange(n, device=inputs.device)
+        if r:
+            again = again[torch.isfinite(norms) & (norms > 0)]
+            if len(again) == 0:
+                break
+        start = run.inputs[again] if r == 0 else random_in_ball(run.inputs[again], o.p, norms[again] / 2,
+                                                                run.generator, run.bounds)
+        rounds.append(_round(run, o, again, start.flatten(1), r))
+        rnorms = lp_norm(rounds[-1].best - rounds[-1].flat0, o.p).masked_fill(~torch.isfinite(rounds[-1].best_norm), math.inf)
+        norms = norms.scatter_reduce(0, rounds[-1].sample, rnorms, reduce="amin")
+    return _finish(_winners(_State.cat(rounds), n))
+
+
+def _round(run: AttackRun, o: _Options, samples: torch.Tensor, start: torch.Tensor, restart: int) -> _State:
+    """One run of Algorithm 1 from the flat points ``start`` of ``samples``, batched over the
+    ``classes`` best attack classes (rows = samples x classes; one class selection per sample,
+    the row of rank j attacks the j-th class), each row pulled back onto the boundary."""
+    k = 1 if o.targeted else min(o.classes, run.num_classes - 1)
+    rows = torch.arange(len(samples) * k, device=samples.device)
+    s = _State.start(run, o, samples.repeat_interleave(k), start.repeat_interleave(k, 0), rows % k, rows - rows % k)
+    s.restart = torch.full_like(rows, restart)
+    _iterate(s)
     _pull_back(s)
-    return _finish(s)
+    return s
+
+
+def _winners(s: _State, n: int) -> _State:
+    """Per sample, the row (over classes and restarts) with the smallest adversarial; the first
+    row of the sample where none was found. Ties keep the earlier row (the better-ranked class)."""
+    dist = lp_norm(s.best - s.flat0, s.o.p).masked_fill(~torch.isfinite(s.best_norm), math.inf)
+    least = torch.full((n,), math.inf, dtype=dist.dtype, device=dist.device).scatter_reduce(0, s.sample, dist, reduce="amin")
+    hit = dist == least[s.sample]
+    pos = torch.arange(len(dist), device=dist.device)
+    first = torch.full((n,), len(dist), dtype=torch.long, device=dist.device).scatter_reduce(
+        0, s.sample[hit], pos[hit], reduce="amin")
+    return s.take(first)
 
 
 def _finish(s: _State):
@@ -551,7 +612,7 @@ def _finish(s: _State):
     run, p = s.run, s.o.p
     res = run.finish(s.best.view_as(run.inputs), info={
         "target_classes": torch.where(s.towards, s.target, s.chosen), "first_norms": s.first_norm,
-        "search_steps": s.n_search, "refine_steps": s.n_refine})
+        "search_steps": s.n_search, "refine_steps": s.n_refine, "class_rank": s.rank, "restart": s.restart})
     res.info["relative_perturbation"] = torch.where(res.success, relative_perturbation(res.adversarials, run.inputs, p),
                                                     torch.full_like(res.norms, math.inf))
     if s.o.order == 2:
