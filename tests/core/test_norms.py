@@ -357,7 +357,37 @@ def test_min_step_to_hyperplane_matches_reference(p, seed):
             torch.testing.assert_close(d[i].abs(), torch.where(w[i] != 0, room, torch.zeros_like(room)))
 
 
-@pytest.mark.parametrize("p", PROJ_P)
+@pytest.mark.parametrize("p", [1.5, 3.0, 7.0])
+@pytest.mark.parametrize("seed", range(6))
+def test_min_step_to_hyperplane_any_p_matches_slsqp(p, seed):
+    """1 < p < inf, p != 2: the water level on |w|^(q-1) against a generic solver of
+    min sum |z_i|^p s.t. <w, z> = c inside the box (ours is exact, so never worse)."""
+    from minnorm.core.norms import min_step_to_hyperplane
+    g = torch.Generator().manual_seed(100 + seed)
+    w = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    x = torch.rand(3, 6, generator=g, dtype=torch.float64)
+    x[:, 0] = 0.0  # one coordinate on a face
+    c = torch.randn(3, generator=g, dtype=torch.float64) * 0.4
+    d, feasible = min_step_to_hyperplane(w, c, p, x, (0.0, 1.0))
+    assert bool(((x + d >= -1e-15) & (x + d <= 1 + 1e-15)).all()), "step leaves the box"
+    for i in range(3):
+        wi, xi, ci = w[i].numpy(), x[i].numpy(), float(c[i])
+        if not bool(feasible[i]):
+            reach = np.where(wi * np.sign(ci) > 0, 1 - xi, xi) @ np.abs(wi)
+            assert reach < abs(ci)
+            continue
+        assert abs(float((w[i] * d[i]).sum()) - ci) < 1e-9, "the step misses the hyperplane"
+        ours = float(lp_norm(d[i:i + 1], p))
+        res = minimize(lambda z, s=ours: (np.abs(z / s) ** p).sum(), np.clip(d[i].numpy() * 0.5, -xi, 1 - xi),
+                       bounds=list(zip(-xi, 1 - xi)), method="SLSQP",
+                       constraints=[{"type": "eq", "fun": lambda z, wi=wi, ci=ci: wi @ z - ci}],
+                       options={"ftol": 1e-15, "maxiter": 2000})
+        assert abs(wi @ res.x - ci) < 1e-8  # status 8 (no further descent) at the optimum is fine
+        ref = float((np.abs(res.x) ** p).sum() ** (1 / p))
+        assert ours <= ref + 1e-9 and ours >= ref * (1 - 1e-4)
+
+
+@pytest.mark.parametrize("p", PROJ_P + [1.5, 3.0])
 def test_min_step_to_hyperplane_without_box_is_holder(p):
     from minnorm.core.norms import min_step_to_hyperplane
     g = torch.Generator().manual_seed(5)
@@ -389,3 +419,11 @@ def test_project_l2_box_matches_qp(seed):
     # the ball-then-clip shortcut is worse on some of these
     short = (x + project_lp_ball(v, 2, r)).clamp(0, 1) - x
     assert bool((((short - v) ** 2).sum(1) >= ((d - v) ** 2).sum(1) - 1e-12).all())
+
+
+@pytest.mark.parametrize("p,name,label", [(2, "l2", "L2"), (1.0, "l1", "L1"), (1.5, "l1.5", "L1.5"), (INF, "linf", "Linf"),
+                                          ("inf", "linf", "Linf"), ("l2", "l2", "L2"), ("Linf", "linf", "Linf")])
+def test_norm_name_and_label(p, name, label):
+    from minnorm.core.norms import norm_label, norm_name
+    assert norm_name(p) == name and norm_label(p) == label
+    assert parse_norm(norm_name(p)) == parse_norm(p)  # the tag parses back to the norm

@@ -22,6 +22,18 @@ def parse_norm(p: float | int | str) -> float:
     return p
 
 
+def norm_name(p: float | int | str) -> str:
+    """The tag of an lp norm in attack names, configs and files: ``l1``, ``l2``, ``l1.5``, ``linf``
+    (``p`` in any form :func:`parse_norm` accepts)."""
+    p = parse_norm(p)
+    return "linf" if math.isinf(p) else f"l{p:g}"
+
+
+def norm_label(p: float | int | str) -> str:
+    """The display form of :func:`norm_name` (plots, titles, tables): ``L1``, ``L2``, ``Linf``."""
+    return "L" + norm_name(p)[1:]
+
+
 def dual_exponent(p: float) -> float:
     """q with 1/p + 1/q = 1 (q = inf for p = 1, q = 1 for p = inf)."""
     p = parse_norm(p)
@@ -258,14 +270,15 @@ def min_step_to_hyperplane(w: torch.Tensor, c: torch.Tensor, p: float, x: torch.
                            bounds: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Smallest lp step ``d`` with ``<w, d> = c`` and ``lower <= x + d <= upper``, per sample.
 
-    The box-constrained projection onto a hyperplane that FAB needs (Croce & Hein, ICML 2020,
-    eq. (5)); p in {1, 2, inf}. With ``s = sign(c)`` every coordinate moves by ``t_i`` in
-    ``[0, room_i]`` towards ``s sign(w_i)``, and the problem is ``min ||t||_p`` s.t.
-    ``sum |w_i| t_i = |c|``. Its KKT solution is ``t_i = min(lam a_i, room_i)`` with ``a_i = 1``
-    (p = inf), ``a_i = |w_i|`` (p = 2); for p = 1 the coordinates fill in decreasing order of
-    ``|w_i|`` (a fractional knapsack). ``<w, t(lam)>`` is piecewise linear in ``lam`` with
-    breakpoints ``room_i / a_i``; sorting them gives ``lam`` exactly. Without ``x``/``bounds`` the
-    room is unlimited (the classic ``c / ||w||_q`` Hölder step).
+    The box-constrained projection onto a (linearised decision) hyperplane: FAB's eq. (5)
+    (Croce & Hein, ICML 2020), DeepFool's eq. (11) and Balda et al.'s (8) with the box; any
+    p >= 1. With ``s = sign(c)`` every coordinate moves by ``t_i`` in ``[0, room_i]`` towards
+    ``s sign(w_i)``, and the problem is ``min ||t||_p`` s.t. ``sum |w_i| t_i = |c|``. Its KKT
+    solution is ``t_i = min(lam a_i, room_i)`` with ``a_i = |w_i|^(q-1)`` (q the dual exponent:
+    ``a_i = |w_i|`` for p = 2, ``a_i = 1`` for p = inf); for p = 1 the coordinates fill in
+    decreasing order of ``|w_i|`` (a fractional knapsack). ``<w, t(lam)>`` is piecewise linear in
+    ``lam`` with breakpoints ``room_i / a_i``; sorting them gives ``lam`` exactly. Without
+    ``x``/``bounds`` the room is unlimited (the classic ``c / ||w||_q`` Hölder step).
 
     Returns ``(d, feasible)``: when even the whole room cannot reach ``|c|`` the step uses all of
     it (the closest the box allows) and ``feasible`` is False for that sample.
@@ -284,13 +297,22 @@ def min_step_to_hyperplane(w: torch.Tensor, c: torch.Tensor, p: float, x: torch.
     ag, target = g.abs(), cf.abs()
     if p == 1:
         t = _knapsack_fill(ag, room, target)
-    elif p == 2 or math.isinf(p):
-        t = _ramp_fill(ag, ag if p == 2 else (ag > 0).to(ag.dtype), room, target)
     else:
-        raise ValueError(f"min_step_to_hyperplane supports p in 1, 2, inf, got {p}")
+        t = _ramp_fill(ag, _ramp_weights(ag, p), room, target)
     reach = (ag * torch.where(torch.isinf(room), torch.zeros_like(room), room)).sum(1)
     feasible = torch.isinf(room).any(1) & (ag > 0).any(1) | (reach >= target[:, 0] * (1 - 1e-12))
     return (g.sign() * t).view_as(w), feasible
+
+
+def _ramp_weights(ag: torch.Tensor, p: float) -> torch.Tensor:
+    """``|w|^(q-1)`` up to a per-sample factor (which only rescales ``lam``): ``|w|`` for p = 2,
+    the support of ``w`` for p = inf, else computed on ``|w| / max |w|`` so that it cannot overflow."""
+    if p == 2:
+        return ag
+    if math.isinf(p):
+        return (ag > 0).to(ag.dtype)
+    scale = ag.amax(dim=1, keepdim=True).clamp_min(torch.finfo(ag.dtype).tiny)
+    return (ag / scale) ** (dual_exponent(p) - 1)
 
 
 def _knapsack_fill(ag: torch.Tensor, room: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

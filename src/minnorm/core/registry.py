@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .norms import norm_name
 from .result import AttackResult
 
 
@@ -34,7 +34,7 @@ class AttackSpec:
 
     @property
     def norm_name(self) -> str:
-        return "linf" if math.isinf(self.norm) else f"l{self.norm:g}"
+        return norm_name(self.norm)
 
     def accepted_params(self) -> set[str] | None:
         """Hyper-parameters a user may set (None: the function takes ``**kwargs``)."""

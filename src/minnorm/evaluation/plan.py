@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..core import AttackSpec, check_radius, parse_fraction, parse_norm
+from ..core.norms import norm_name  # noqa: F401  (also imported from here by compare, results, norms, cli)
 
 MODES = ("minimal", "fixed", "search")
 
@@ -30,10 +31,6 @@ class AttackPlan:
         return {"name": self.name, "mode": self.mode, "norm": self.spec.norm_name, "paper": self.spec.paper,
                 "params": self.spec.parameters(self.params), "epsilons": self.epsilons,
                 "search_max": self.search_max}
-
-
-def norm_name(p: float) -> str:
-    return "linf" if math.isinf(p) else f"l{p:g}"
 
 
 def check_grid(grid: Iterable[float] | None, name: str = "epsilon grid") -> list[float] | None:

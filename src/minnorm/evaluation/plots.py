@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.norms import norm_label
 from ..data.classes import class_label
 from .metrics import ALL
 
@@ -29,17 +30,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def norm_label(norm: Any) -> str:
-    """``L2``, ``Linf``, ``L1`` for a norm as configs and groups write it (``2.0``, ``"linf"``, ``"l2"``, ``inf``)."""
-    from ..core import parse_norm
-
-    p = parse_norm(norm)
-    return "Linf" if math.isinf(p) else f"L{p:g}"
-
-
-_norm_label = norm_label  # the name other modules imported before
 
 
 def _model_name(ev) -> str:
