@@ -104,3 +104,33 @@ def test_no_budget_never_raises():
     for _ in range(50):
         counted(torch.rand(1, 3, dtype=torch.float64))
     assert counted.forward_passes.tolist() == [50]
+
+
+def test_jvp_and_vjp_match_the_jacobian_and_are_charged_per_row():
+    """Products against the explicit Jacobian of a small nonlinear model; a JVP is one backward
+    pass, a VJP one forward and one backward pass, charged per occurrence of each row."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    counted = CountedModel(model, 3)
+    x = torch.rand(3, 3, dtype=torch.float64)
+    jac = torch.stack([torch.autograd.functional.jacobian(model, x[i]) for i in range(3)])  # [3, 2, 3]
+    v = torch.randn(3, 3, dtype=torch.float64)
+    u = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(counted.jvp(x, v), torch.einsum("bij,bj->bi", jac, v))
+    assert counted.backward_passes.tolist() == [1, 1, 1] and counted.forward_passes.tolist() == [0, 0, 0]
+    rows = torch.tensor([2, 0, 2])
+    out = counted.vjp(x[rows], u, rows)
+    torch.testing.assert_close(out, torch.einsum("bij,bi->bj", jac[rows], u))
+    assert not out.requires_grad
+    assert counted.forward_passes.tolist() == [1, 0, 2] and counted.backward_passes.tolist() == [2, 1, 3]
+
+
+def test_products_respect_the_budget():
+    counted = CountedModel(linear_model(), 2, budget=3)  # 2 passes for the search, 1 reserved
+    x = torch.rand(2, 3, dtype=torch.float64)
+    counted.vjp(x, torch.ones(2, 2, dtype=torch.float64))
+    assert counted.over_budget().tolist() == [False, False]
+    counted.jvp(x, x)
+    assert counted.over_budget().tolist() == [True, True]
+    with pytest.raises(PassBudgetExceeded):
+        counted.jvp(x, x)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..core import CountedModel, batch_view, check_int, check_positive, lp_norm, make_generator, parse_norm, rand_like
+from ..core.linalg import power_iteration
 from ..core.norms import holder_step_in_box
 from ..core.validation import check_batch
 from .noise import per_sample_eps
@@ -67,11 +68,6 @@ class DenseAttackResult:
 
 def _jvp(model, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.func.jvp(model, (x,), (v,))[1]
-
-
-def _vjp(model, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    _, pullback = torch.func.vjp(model, x)
-    return pullback(u)[0]
 
 
 def _sq_norm(t: torch.Tensor) -> torch.Tensor:
@@ -158,10 +154,9 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
     if b == 0:
         eta = torch.zeros_like(x)
     elif p == 1:
+        d_in, d_out = x[0].numel(), counted(x)[0].numel()
         cols = jacobian_column_norms(model, x)
-        d_in, d_out = x[0].numel(), counted.model(x[:1])[0].numel()
-        counted.forward_passes += 1
-        counted.backward_passes += min(d_in, d_out)
+        counted.charge(backward=min(d_in, d_out))  # its products (its forward pass is the one above)
         score = cols.flatten(1)
         rows = torch.arange(b, device=x.device)
         if bounds is not None:
@@ -188,26 +183,13 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
 
 def _power_iteration(counted: CountedModel, x: torch.Tensor, iterations: int, tol: float,
                      gen: torch.Generator) -> torch.Tensor:
-    """Unit leading right singular vectors of each sample's Jacobian, ``[B, *x]``."""
-    v = rand_like(x, gen, normal=True)
-    v = v / batch_view(lp_norm(v, 2).clamp_min(torch.finfo(x.dtype).tiny), v)
-    sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    active = torch.arange(x.shape[0], device=x.device)
-    for _ in range(iterations):
-        if active.numel() == 0:
-            break
-        u = _jvp(counted.model, x[active], v[active])
-        w = _vjp(counted.model, x[active], u)
-        counted.forward_passes[active] += 1
-        counted.backward_passes[active] += 2
-        new_sigma = _sq_norm(u).sqrt()
-        wn = lp_norm(w, 2)
-        ok = wn > 0
-        v[active[ok]] = w[ok] / batch_view(wn[ok], w[ok])
-        done = ~ok | ((new_sigma - sigma[active]).abs() <= tol * new_sigma)
-        sigma[active] = new_sigma
-        active = active[~done]
-    return v
+    """Unit leading right singular vectors of each sample's Jacobian, ``[B, *x]``: power iteration
+    on ``J^T J`` (one JVP and one VJP per step), each sample until its ``||J v||`` settles."""
+    def normal(v: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = counted.jvp(x[rows], v, rows)
+        return counted.vjp(x[rows], u, rows), _sq_norm(u).sqrt()
+
+    return power_iteration(normal, rand_like(x, gen, normal=True), iterations, tol)[0]
 
 
 def _conditional_gradient(counted: CountedModel, x: torch.Tensor, v: torch.Tensor, p: float, eps: torch.Tensor,
@@ -223,23 +205,16 @@ def _conditional_gradient(counted: CountedModel, x: torch.Tensor, v: torch.Tenso
     r = starts.shape[0] // b
     xr, er = x.repeat(r, *([1] * (x.dim() - 1))), eps.repeat(r)
     owner = torch.arange(b, device=x.device).repeat(r)
-
-    def charge(counter: torch.Tensor, rows: torch.Tensor, n: int) -> None:
-        counter.index_add_(0, owner[rows], torch.full_like(rows, n))
-
     eta = holder_step_in_box(starts, p, er, xr, bounds)
-    value = _sq_norm(_jvp(counted.model, xr, eta))
-    charge(counted.backward_passes, torch.arange(r * b, device=x.device), 1)
+    value = _sq_norm(counted.jvp(xr, eta, owner))
     active = torch.arange(r * b, device=x.device)
     for _ in range(iterations):
         if active.numel() == 0:
             break
-        xa = xr[active]
-        grad = _vjp(counted.model, xa, _jvp(counted.model, xa, eta[active]))
+        xa, rows = xr[active], owner[active]
+        grad = counted.vjp(xa, counted.jvp(xa, eta[active], rows), rows)
         new = holder_step_in_box(grad, p, er[active], xa, bounds)
-        new_value = _sq_norm(_jvp(counted.model, xa, new))
-        charge(counted.forward_passes, active, 1)
-        charge(counted.backward_passes, active, 3)
+        new_value = _sq_norm(counted.jvp(xa, new, rows))
         better = new_value > value[active] * (1 + tol)
         eta[active[better]] = new[better]
         value[active[better]] = new_value[better]
@@ -263,8 +238,7 @@ def _finish(counted: CountedModel, x: torch.Tensor, eta: torch.Tensor, bounds: t
     plus = changes[0] >= changes[1]
     adv = torch.where(batch_view(plus, x), cands[0], cands[1])
     pert = adv - x
-    gain = _sq_norm(_jvp(counted.model, x, pert)).sqrt()
-    counted.backward_passes += 1
+    gain = _sq_norm(counted.jvp(x, pert)).sqrt()
     return OutputAttackResult(adv, pert, gain, torch.where(plus, changes[0], changes[1]), counted.forward_passes,
                               counted.backward_passes, time.perf_counter() - started, info)
 

@@ -2,7 +2,9 @@
 
 Attacks call the model only through a :class:`CountedModel`, handing it the indices of the
 samples in the sub-batch, so that samples stopped early stop costing passes (DESIGN item 3).
-A vector-Jacobian or Jacobian-vector product counts as one backward pass (:meth:`CountedModel.charge`).
+A vector-Jacobian or Jacobian-vector product counts as one backward pass (:meth:`CountedModel.charge`;
+:meth:`CountedModel.jvp` and :meth:`CountedModel.vjp` compute and charge them, the VJP with the
+forward pass that builds its pullback).
 
 Budget (AttackBench's convention). Under :func:`pass_budget` every sample may spend ``budget``
 passes in all: the clean pass, the attack's own passes and the one final pass that checks the
@@ -105,10 +107,13 @@ class CountedModel:
         self.exhausted |= (need > 0) & ~ok
         return ok[rows]
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of ``x``; charges one forward pass to the samples ``index`` (all if None)."""
+    def _check_budget(self) -> None:
         if self.limit is not None and len(self.exhausted) and bool(self.exhausted.all()):
             raise PassBudgetExceeded("every sample has spent its pass budget")
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``x``; charges one forward pass to the samples ``index`` (all if None)."""
+        self._check_budget()
         out = self.model(x)
         rows = self._rows(index)
         credited = self._charge(self.forward_passes, rows)
@@ -127,6 +132,25 @@ class CountedModel:
         for counter, n in ((self.forward_passes, forward), (self.backward_passes, backward)):
             if isinstance(n, torch.Tensor) or n:
                 self._charge(counter, rows, n)
+
+    def jvp(self, x: torch.Tensor, v: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The Jacobian-vector product ``J(x) v`` (output-shaped, forward mode, no graph); one
+        backward pass per row of ``index`` (rows may repeat: each occurrence is charged)."""
+        self._check_budget()
+        with torch.no_grad():  # function transforms: no graph w.r.t. the weights either
+            out = torch.func.jvp(self.model, (x.detach(),), (v.detach(),))[1]
+        self.charge(index, backward=1)
+        return out
+
+    def vjp(self, x: torch.Tensor, u: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The vector-Jacobian product ``J(x)^T u`` (input-shaped, no graph): one forward pass
+        (the pullback is built from one) and one backward pass per row of ``index``."""
+        self._check_budget()
+        with torch.no_grad():
+            _, pullback = torch.func.vjp(self.model, x.detach())
+            (out,) = pullback(u.detach())
+        self.charge(index, forward=1, backward=1)
+        return out
 
     def verify(self, x: torch.Tensor) -> torch.Tensor:
         """The final check of the returned adversarials: one pass per sample, always charged
