@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from ..core.linalg import power_iteration
+
 __all__ = ["DenseOperator", "Operator", "QPSolution", "ScaledOperator", "block_scales", "ray_search", "solve_qp"]
 
 
@@ -109,15 +111,9 @@ class QPSolution:
 
 
 def _power_norm(op: Operator, like: torch.Tensor, iterations: int, generator: torch.Generator) -> torch.Tensor:
-    """Estimate ``||A||_2^2 = ||A^T A||`` per row by power iteration on ``A^T A``."""
+    """Estimate ``||A||_2^2 = ||A^T A||`` per row by power iteration on ``A^T A`` (every row, every step)."""
     v = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
-    est = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
-    for _ in range(iterations):
-        v = v / v.flatten(1).norm(dim=1).clamp_min(torch.finfo(like.dtype).tiny).view(-1, *[1] * (v.dim() - 1))
-        w = op.rmatvec(op.matvec(v))
-        est = w.flatten(1).norm(dim=1)
-        v = w
-    return est
+    return power_iteration(lambda u, rows: op.rmatvec(op.matvec(u)), v, iterations)[1]
 
 
 def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *, steps: int = 500,
