@@ -234,8 +234,35 @@ def test_box_aware_l1_step_beats_clipping():
     torch.testing.assert_close(moved[res.success], (x + eta).clamp(0, 1)[res.success])
 
 
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_min_norm_box_modes_against_the_exact_box_minimum(p):
+    """Inputs with a third of their coordinates on faces (affine_oracle): no box mode ends below
+    the exact box-constrained minimum; box="exact" reaches it (up to the 1e-4 pad) in one step;
+    the default is (8) as written for p > 1 and the face mask for p = 1, where (8) stalls."""
+    from affine_oracle import affine_model, inputs, untargeted_minimum
+    model = affine_model(d=20, k=3)
+    x = inputs(8, d=20, edge=True).view(8, 1, 20)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    oracle = untargeted_minimum(model, x.flatten(1), y, p, (0.0, 1.0))
+    runs = {box: convex_min_norm(model, x, y, norm=p, overshoot=0.0, class_choice="linearised", box=box)
+            for box in ("none", "faces", "exact")}
+    for box, res in runs.items():
+        if res.success.any():
+            assert bool((res.norms[res.success] >= oracle[res.success] * (1 - 1e-9)).all()), box
+    exact = runs["exact"]
+    assert bool(exact.success.all()) and bool((exact.info["iterations"] == 1).all())
+    assert bool((exact.norms <= oracle * 1.002).all())
+    default = convex_min_norm(model, x, y, norm=p, overshoot=0.0, class_choice="linearised")
+    torch.testing.assert_close(default.adversarials, runs["faces"].adversarials, rtol=0, atol=0)
+    if p == 1:
+        assert not bool(runs["none"].success.any()), "(8) as written should stall on the faces in l1"
+
+
 def test_bad_options():
     model, _, x, y = affine()
+    with pytest.raises(ValueError, match="box"):
+        convex_min_norm(model, x, y, box="clip")
     with pytest.raises(ValueError, match="loss"):
         gnii_attack(model, x, y, eps=0.1, loss="hinge")
     with pytest.raises(ValueError, match="scores"):

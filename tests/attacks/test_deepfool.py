@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import minnorm
-from minnorm.attacks.deepfool import deepfool, linear_boundary_steps
+from minnorm.attacks.deepfool import deepfool
 
 
 def affine_problem(num_classes: int, batch: int = 6, dim: int = 20, seed: int = 0, dtype=torch.float64):
@@ -126,8 +126,29 @@ def test_empty_and_single_batch():
     assert res.adversarials.shape == x.shape
 
 
+@pytest.mark.parametrize("p", [2.0, math.inf])
+def test_exact_box_step_reaches_the_box_minimum_in_one_step(p):
+    """With coordinates on the faces, box="exact" lands on the exact box-constrained minimum
+    (affine_oracle, checked against HiGHS) in one step, up to the 1e-4 pad; the paper's step
+    (default) needs several and is never below that minimum either."""
+    from affine_oracle import affine_model, inputs, untargeted_minimum
+    model = affine_model(d=20, k=3)
+    x = inputs(8, d=20, edge=True).view(8, 1, 20)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    oracle = untargeted_minimum(model, x.flatten(1), y, p, (0.0, 1.0))
+    exact = deepfool(model, x, y, norm=p, overshoot=0.0, box="exact")
+    assert bool(exact.success.all()) and bool((exact.info["iterations"] == 1).all())
+    assert bool((exact.norms >= oracle * (1 - 1e-9)).all()) and bool((exact.norms <= oracle * 1.002).all())
+    paper = deepfool(model, x, y, norm=p, overshoot=0.0)
+    assert bool(paper.success.all()) and bool((paper.norms >= oracle * (1 - 1e-9)).all())
+    assert bool((paper.info["iterations"] > 1).any())
+
+
 def test_errors():
     model, _, x, y = affine_problem(3)
+    with pytest.raises(ValueError, match="box"):
+        deepfool(model, x, y, box="clip")
     with pytest.raises(NotImplementedError):
         deepfool(model, x, y, targeted=True)
     for kwargs, name in [({"max_iterations": 0}, "max_iterations"), ({"overshoot": -0.1}, "overshoot"),
@@ -143,24 +164,3 @@ def test_registry():
         model, lin, x, y = affine_problem(4)
         res = spec(model, x, y, **spec.quick)
         torch.testing.assert_close(res.norms, 1.02 * (affine_oracle(lin, x, y, p) + 1e-4), rtol=1e-9, atol=0)
-
-
-@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
-def test_linear_boundary_steps(p):
-    g = torch.Generator().manual_seed(3)
-    grads = torch.randn(3, 4, 2, 5, generator=g, dtype=torch.float64)
-    margins = torch.rand(3, 4, generator=g, dtype=torch.float64)
-    grads[0, 1] = 0
-    dist, steps = linear_boundary_steps(margins, grads, p)
-    q = 1.0 if math.isinf(p) else (math.inf if p == 1 else p / (p - 1))
-    assert math.isinf(dist[0, 1]) and torch.all(steps[0, 1] == 0)
-    ok = torch.isfinite(dist)
-    # Each step reaches its hyperplane exactly, with lp norm equal to the distance ...
-    reach = (grads * steps).flatten(2).sum(2)
-    torch.testing.assert_close(reach[ok], margins[ok])
-    norms = torch.linalg.vector_norm(steps.flatten(2), ord=p, dim=2)
-    torch.testing.assert_close(norms[ok], dist[ok])
-    # ... and the distance is the margin over the dual norm (Hölder's bound, attained).
-    torch.testing.assert_close(dist[ok], (margins / torch.linalg.vector_norm(grads.flatten(2), ord=q, dim=2))[ok])
-    padded = linear_boundary_steps(margins, grads, p, pad=0.5)[1]
-    torch.testing.assert_close(torch.linalg.vector_norm(padded.flatten(2), ord=p, dim=2)[ok], dist[ok] + 0.5)

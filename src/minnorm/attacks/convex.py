@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
+from ..core.boundary import check_box_mode, nearest_boundary_step
 from ..core.norms import holder_step_in_box
-from .deepfool import linear_boundary_steps
 from .noise import per_sample_eps
 
 __all__ = ["algorithm1", "algorithm2", "convex_min_norm", "gnii_attack"]
@@ -88,6 +88,24 @@ def _linearise(run, x: torch.Tensor, index: torch.Tensor, pieces) -> tuple[torch
     return hit, values.detach(), grads
 
 
+def _iterate(run, pieces, rounds: int, step) -> torch.Tensor:
+    """Up to ``rounds`` rounds of linearise-and-step from the clean inputs; a sample stops at its
+    first adversarial iterate (misclassified ones at once). ``step(todo, values, grads, x)``
+    returns the move of the samples ``todo`` from their iterates ``x``; the new iterate is
+    clipped to the box."""
+    x = run.inputs.clone()
+    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
+    for _ in range(rounds):
+        if todo.numel() == 0:
+            break
+        hit, values, grads = _linearise(run, x[todo], todo, pieces)
+        todo = todo[~hit]
+        if todo.numel() == 0:
+            break
+        x[todo] = clip_box(x[todo] + step(todo, values, grads, x[todo]), run.bounds)
+    return x
+
+
 def gnii_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | torch.Tensor,
                 norm: float | str = "inf", steps: int = 1, loss: str = "margin", scores: str = "logits",
                 class_choice: str = "linearised", targeted: bool = False,
@@ -116,20 +134,14 @@ def gnii_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float
     if run.batch_size == 0:
         return run.finish(inputs.clone())
     pieces = _pieces(loss, scores, class_choice, run.targeted, run.num_classes)
-    x = run.inputs.clone()
-    classes = torch.full((run.batch_size,), -1, dtype=torch.long, device=x.device)
-    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
-    for _ in range(steps):
-        if todo.numel() == 0:
-            break
-        hit, values, grads = _linearise(run, x[todo], todo, pieces)
-        todo = todo[~hit]
-        if todo.numel() == 0:
-            break
-        eta, chosen = _gnii_step(values, grads, x[todo], radius[todo], run.norm, run.bounds)
-        x[todo] = clip_box(x[todo] + eta, run.bounds)
-        if loss == "margin" and not run.targeted and class_choice == "linearised":
-            classes[todo] = (run.labels[todo] + 1 + chosen) % run.num_classes
+    classes = torch.full((run.batch_size,), -1, dtype=torch.long, device=inputs.device)
+
+    def step(todo, values, grads, x):
+        eta, chosen = _gnii_step(values, grads, x, radius[todo], run.norm, run.bounds)
+        classes[todo] = (run.labels[todo] + 1 + chosen) % run.num_classes
+        return eta
+
+    x = _iterate(run, pieces, steps, step)
     info = {"classes": classes} if loss == "margin" and not run.targeted and class_choice == "linearised" else {}
     return run.finish(x, info=info)
 
@@ -167,51 +179,51 @@ def algorithm2(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float 
 
 def convex_min_norm(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = 2,
                     max_iterations: int = 50, overshoot: float = 0.02, scores: str = "logits",
-                    class_choice: str = "active", targeted: bool = False, bounds: tuple[float, float] = (0.0, 1.0),
+                    class_choice: str = "active", box: str | None = None, targeted: bool = False,
+                    bounds: tuple[float, float] = (0.0, 1.0),
                     generator: torch.Generator | None = None) -> AttackResult:
     """The minimal-norm form (8), ``min ||eta||_p s.t. L(x) + <grad L, eta> <= 0``, repeated at
     the new point until the label changes (Sec. III), for any p >= 1.
 
     Its solution is ``eta = L / ||grad L||_q * holder_direction(-grad L, p)``
-    (:func:`~minnorm.attacks.deepfool.linear_boundary_steps`). ``class_choice="active"`` is (8)
+    (:func:`~minnorm.core.boundary.nearest_boundary_step`). ``class_choice="active"`` is (8)
     as written: ``grad L`` of eq. (3) is that of the runner-up class (one backward pass per
     iteration). ``"linearised"`` linearises every piece ``f_k - f_l``; the smallest eta that
     takes *some* linearised piece below 0 goes to the nearest linearised boundary, which is
     exactly a DeepFool step (K - 1 backward passes).
 
     As in minnorm's DeepFool each step, padded by 1e-4 (DeepFool's code) and lengthened by
-    ``1 + overshoot``, goes from the current iterate, which is then clipped to the box. Unlike
-    DeepFool, gradient components that push a coordinate through a face of the box it already
-    sits on are dropped first, so the l1 step moves to the next coordinate instead of stalling on
-    a saturated one. A sample stops at its first adversarial iterate, which is returned.
+    ``1 + overshoot``, goes from the current iterate, which is then clipped to the box. A sample
+    stops at its first adversarial iterate, which is returned.
+
+    ``box`` says how the input box enters (8) (:func:`~minnorm.core.boundary.linear_boundary_steps`):
+    ``"none"`` is (8) as written, the clipped step falling short of the linearised boundary and
+    the next one re-linearising from there; ``"faces"`` drops the gradient components that push
+    a coordinate through a face it already sits on; ``"exact"`` adds the box to (8) as a
+    constraint (the paper: other convex constraints can be incorporated), each step landing on
+    the linearised boundary inside the box. The default (None) is ``"faces"``; for p = 1 (8) as
+    written stalls: its l1 step moves one coordinate, which once on a face is chosen again and
+    clipped away. Median norm and passes per image on 89 correctly classified
+    sample images of the shipped ``cnn`` (none / faces / exact): L2 0.302, 15.2 / 0.345, 7.8 /
+    0.353, 7.7; Linf 0.0196, 10.7 / 0.0223, 7.1 / 0.0223, 6.9; L1 13% success / 5.02 (98%), 24.5 /
+    5.34 (99%), 17.4. Fewer, longer steps end further out.
     """
     _check_choice("scores", scores, SCORES)
     _check_choice("class_choice", class_choice, CLASS_CHOICES)
+    box = check_box_mode(box) if box is not None else "faces"
     max_iterations = check_int("max_iterations", max_iterations)
     overshoot = check_positive("overshoot", overshoot, allow_zero=True)
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
     if run.batch_size == 0:
         return run.finish(inputs.clone())
     pieces = _pieces("margin", scores, class_choice, run.targeted, run.num_classes)
-    x = run.inputs.clone()
-    iterations = torch.zeros(run.batch_size, dtype=torch.long, device=x.device)
-    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
-    for _ in range(max_iterations):
-        if todo.numel() == 0:
-            break
-        hit, values, grads = _linearise(run, x[todo], todo, pieces)
-        todo = todo[~hit]
-        if todo.numel() == 0:
-            break
-        xa = x[todo].unsqueeze(1)
-        # The step moves along -grad; a coordinate on a face cannot go further out of the box.
-        blocked = ((xa <= run.bounds[0]) & (grads > 0)) | ((xa >= run.bounds[1]) & (grads < 0))
-        grads = grads.masked_fill(blocked, 0)
-        distances, steps = linear_boundary_steps(values, -grads, run.norm, pad=1e-4)
-        nearest = distances.argmin(1)
-        step = steps[torch.arange(todo.numel(), device=x.device), nearest]
-        x[todo] = clip_box(x[todo] + (1 + overshoot) * step, run.bounds)
+    iterations = torch.zeros(run.batch_size, dtype=torch.long, device=inputs.device)
+
+    def step(todo, values, grads, x):
         iterations[todo] += 1
+        return (1 + overshoot) * nearest_boundary_step(values, -grads, run.norm, 1e-4, x, run.bounds, box)[1]
+
+    x = _iterate(run, pieces, max_iterations, step)
     return run.finish(x, info={"iterations": iterations})
 
 
