@@ -68,7 +68,7 @@ def test_attack_writes_table_and_tensors(tmp_path, data_file, capsys):
 def test_attack_correct_only_targeted_safetensors(tmp_path, data_file):
     from safetensors.torch import load_file
 
-    path, _, y = data_file
+    path, x, y = data_file
     out = tmp_path / "out"
     code = main(["attack", "--attack", "ddn", "--quick", "--eps", "1.0", "--model", MODEL, "--data", path,
                  "--correct-only", "--targeted", "--target-mode", "least-likely", "--format", "safetensors",
@@ -78,7 +78,10 @@ def test_attack_correct_only_targeted_safetensors(tmp_path, data_file):
     assert torch.equal(saved["indices"], torch.arange(8))  # the two misclassified ones are dropped
     assert bool((saved["targets"] != saved["labels"]).all())
     success = saved["predictions"] == saved["targets"]
-    assert bool(success.any())
+    # the same as DDN (deterministic) run directly on those samples and targets
+    direct = attacks.ddn(tiny_mlp(), x[:8], saved["targets"], targeted=True, **attacks.get("ddn").quick)
+    assert torch.equal(success, direct.success) and int(success.sum()) >= 4
+    torch.testing.assert_close(saved["adversarials"], direct.adversarials)
     header, rows = read_csv(out / "samples.csv")
     assert [int(r[header.index("target")]) for r in rows] == saved["targets"].tolist()
     # The saved adversarials load back as data for another run.
@@ -215,13 +218,19 @@ def test_attack_reports_relative_perturbation(tmp_path, data_file, capsys):
 
 
 def test_attack_towards_one_class(tmp_path, data_file):
-    path, _, y = data_file
+    path, x, y = data_file
     out = tmp_path / "out"
     assert main(["attack", "--attack", "ddn", "--quick", "--target", "1", "--model", MODEL, "--data", path,
                  "--out", str(out)]) == 0
     saved = torch.load(out / "adversarials.pt", weights_only=True)
     assert bool((saved["targets"] == 1).all()) and bool((saved["labels"] != 1).all())
-    assert bool((saved["predictions"] == 1).any())
+    keep = saved["indices"]
+    with torch.no_grad():
+        correct = tiny_mlp()(x).argmax(1) == y
+    assert torch.equal(keep, ((y != 1) & correct).nonzero().flatten())  # only correct ones not labelled 1
+    direct = attacks.ddn(tiny_mlp(), x[keep], saved["targets"], targeted=True, **attacks.get("ddn").quick)
+    assert torch.equal(saved["predictions"] == 1, direct.success) and int(direct.success.sum()) >= 1
+    torch.testing.assert_close(saved["adversarials"], direct.adversarials)
 
 
 def test_describe_prints_the_card(capsys):

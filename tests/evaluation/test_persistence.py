@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -98,47 +97,48 @@ def test_refuses_a_folder_that_is_not_a_run(tmp_path, problem):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-SLOW_MODEL = '''
-import os, time
+KILLING_MODEL = '''
+import os, signal
+from pathlib import Path
 from torch import nn
 from helpers import tiny_mlp
 
 
-class Slow(nn.Module):
+class KillsItself(nn.Module):
+    """tiny_mlp, but the first forward pass after the file $KILL_WHEN exists SIGKILLs the process."""
+
     def __init__(self):
         super().__init__()
         self.inner = tiny_mlp()
 
     def forward(self, x):
-        if os.environ.get("SLOW_MODEL"):
-            time.sleep(0.03)
+        when = os.environ.get("KILL_WHEN")
+        if when and Path(when).exists():
+            os.kill(os.getpid(), signal.SIGKILL)
         return self.inner(x)
 
 
 def make():
-    return Slow()
+    return KillsItself()
 '''
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    (tmp_path / "slowmodel.py").write_text(SLOW_MODEL)
+    """Killed (SIGKILL, no clean-up) at the first model call after the second batch was saved:
+    exactly two batches are on disk, and resuming gives the uninterrupted run's results."""
+    (tmp_path / "killingmodel.py").write_text(KILLING_MODEL)
     x = tiny_inputs(12)
     torch.save({"x": x, "y": true_labels(tiny_mlp(), x)}, tmp_path / "data.pt")
-    args = ["evaluate", "--model", "slowmodel:make", "--data", str(tmp_path / "data.pt"), "--attacks",
+    args = ["evaluate", "--model", "killingmodel:make", "--data", str(tmp_path / "data.pt"), "--attacks",
             "deepfool-l2,ddn", "--quick", "--batch-size", "2", "--device", "cpu", "--no-adversarials"]
-    env = {**os.environ, "SLOW_MODEL": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "tests"), str(ROOT / "src")])}
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "minnorm", *args, "--out", str(out)], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "batches" / "batch-000001.json").exists() and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    done = list((out / "batches").glob("batch-*.json"))
-    assert 2 <= len(done) < 6, "the kill should land mid-run"
+    env = {**os.environ, "KILL_WHEN": str(out / "batches" / "batch-000001.json"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "tests"), str(ROOT / "src")])}
+    proc = subprocess.run([sys.executable, "-m", "minnorm", *args, "--out", str(out)], env=env, cwd=tmp_path,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    done = sorted(p.name for p in (out / "batches").glob("batch-*.json"))
+    assert done == ["batch-000000.json", "batch-000001.json"]
     assert json.loads((out / "run.json").read_text())["status"] == "running"
 
     monkeypatch.syspath_prepend(str(tmp_path))
