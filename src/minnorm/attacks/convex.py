@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
+from ..core import (AttackResult, check_int, check_positive, clip_box, parse_norm, per_objective_gradients, register,
+                    start_attack)
 from ..core.boundary import check_box_mode, nearest_boundary_step
 from ..core.norms import holder_step_in_box
 from .noise import per_sample_eps
@@ -201,16 +202,16 @@ def convex_min_norm(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: 
     the next one re-linearising from there; ``"faces"`` drops the gradient components that push
     a coordinate through a face it already sits on; ``"exact"`` adds the box to (8) as a
     constraint (the paper: other convex constraints can be incorporated), each step landing on
-    the linearised boundary inside the box. The default (None) is ``"faces"``; for p = 1 (8) as
-    written stalls: its l1 step moves one coordinate, which once on a face is chosen again and
-    clipped away. Median norm and passes per image on 89 correctly classified
+    the linearised boundary inside the box. The default (None) is ``"none"``, and ``"faces"`` for
+    p = 1, where (8) as written stalls: its l1 step moves one coordinate, which once on a face is
+    chosen again and clipped away. Median norm and passes per image on 89 correctly classified
     sample images of the shipped ``cnn`` (none / faces / exact): L2 0.302, 15.2 / 0.345, 7.8 /
     0.353, 7.7; Linf 0.0196, 10.7 / 0.0223, 7.1 / 0.0223, 6.9; L1 13% success / 5.02 (98%), 24.5 /
     5.34 (99%), 17.4. Fewer, longer steps end further out.
     """
     _check_choice("scores", scores, SCORES)
     _check_choice("class_choice", class_choice, CLASS_CHOICES)
-    box = check_box_mode(box) if box is not None else "faces"
+    box = check_box_mode(box) if box is not None else ("faces" if parse_norm(norm) == 1 else "none")
     max_iterations = check_int("max_iterations", max_iterations)
     overshoot = check_positive("overshoot", overshoot, allow_zero=True)
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
