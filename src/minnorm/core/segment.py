@@ -56,7 +56,8 @@ def bisect_segment(probe: Probe, x0: torch.Tensor, x1: torch.Tensor, steps: int)
     whether each is adversarial. Returns ``t``: the smallest fraction found adversarial, within
     ``2^-steps`` of the first crossing along the segment when there is one crossing."""
     lo = torch.zeros(len(x0), dtype=x0.dtype, device=x0.device)
-    _, hi = bisect(lambda t, rows: probe(segment_points(x0[rows], x1[rows], t), rows), lo, torch.ones_like(lo), steps)
+    # every row searches every step (no ``active``), so the rows are the whole batch: no gathers
+    _, hi = bisect(lambda t, rows: probe(segment_points(x0, x1, t), rows), lo, torch.ones_like(lo), steps)
     return hi
 
 
