@@ -5,6 +5,8 @@ have small logit margins, so every attack breaks them with its ``quick`` setting
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -173,3 +175,96 @@ def assert_same_state(before: dict, after: dict) -> None:
         assert (g is None) == (g2 is None), f".grad of parameter {n} changed (None -> tensor)"
         if g is not None:
             assert torch.equal(g, g2), f".grad of parameter {n} changed"
+
+
+# ---------------------------------------------------------------- the affine oracle (one home)
+#
+# For z = W x + b on flattened inputs the untargeted adversarial region is the union over j != y of
+# the halfspaces (w_j - w_y) . x' + b_j - b_y >= 0, so the minimal lp perturbation is the smallest
+# distance to one of them: (z_y - z_j) / ||w_y - w_j||_q by Hölder (q the dual exponent) without a
+# box, and within a box the box-constrained hyperplane step of core.norms.min_step_to_hyperplane
+# (itself checked against HiGHS and a QP solver in tests/core/test_norms.py). Targeted, the region
+# is an intersection (a polytope): its minimal L1/Linf distance is a linear program (HiGHS).
+
+def affine_model(d: int = 20, k: int = 3, seed: int = 0, scale: float = 1.0) -> nn.Module:
+    """Flatten -> Linear(d, k), float64, eval mode: weights N(0, scale^2), biases N(0, 0.01)."""
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, k).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g, dtype=torch.float64) * scale)
+        lin.bias.copy_(torch.randn(k, generator=g, dtype=torch.float64) * 0.1)
+    return nn.Sequential(nn.Flatten(), lin).eval()
+
+
+def affine_inputs(n: int, d: int = 20, seed: int = 1, edge: bool = False) -> torch.Tensor:
+    """``n`` points in [0, 1]^d: near the centre, or (``edge``) with a third of the coordinates on a face."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.4 + 0.2 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    if edge:
+        face = torch.rand(n, d, generator=g, dtype=torch.float64)
+        x = torch.where(face < 1 / 6, torch.zeros_like(x), torch.where(face < 1 / 3, torch.ones_like(x), x))
+    return x
+
+
+def _linear(model: nn.Module) -> nn.Linear:
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 1, "the affine oracle needs a model with exactly one nn.Linear (and Flatten)"
+    return layers[0]
+
+
+def affine_distances(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float,
+                     bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """``[B, K]``: the minimal lp distance from ``x`` to the region where class j beats ``y``
+    (``inf`` for j = y, and where the box cannot reach it; 0 where j already beats y)."""
+    from minnorm.core.norms import dual_exponent, min_step_to_hyperplane
+
+    lin = _linear(model)
+    w = lin.weight.detach()
+    with torch.no_grad():
+        z = lin(x.flatten(1).to(w.dtype))
+    gap = (z.gather(1, y[:, None]) - z).clamp_min(0)  # needed increase of z_j - z_y
+    diff = w[None] - w[y][:, None]  # [B, K, d]
+    if bounds is None:
+        dist = gap / torch.linalg.vector_norm(diff, ord=dual_exponent(p), dim=2)
+    else:
+        k = w.shape[0]
+        xs = x.flatten(1).to(w.dtype).repeat_interleave(k, 0)
+        step, ok = min_step_to_hyperplane(diff.flatten(0, 1), gap.flatten(), p, xs, bounds)
+        dist = torch.where(ok, torch.linalg.vector_norm(step, ord=p, dim=1), math.inf).view(-1, k)
+    return dist.scatter(1, y[:, None], math.inf)
+
+
+def affine_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p: float,
+                   bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """Exact minimal lp norm of an untargeted adversarial perturbation, per sample (inf if none)."""
+    return affine_distances(model, x, y, p, bounds).min(1).values
+
+
+def targeted_minimum_lp(model: nn.Module, x: torch.Tensor, t: torch.Tensor, p: float,
+                        bounds: tuple[float, float]) -> torch.Tensor:
+    """Minimal L1 or Linf norm reaching ``z_t >= z_j`` for all j within the box: an LP (HiGHS)."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    lin = _linear(model)
+    w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+    out = []
+    for xi, ti in zip(x.flatten(1).numpy(), t.tolist()):
+        d, k = xi.shape[0], w.shape[0]
+        rows = [j for j in range(k) if j != ti]
+        a_cls = np.stack([w[j] - w[ti] for j in rows])  # (w_j - w_t) . (x + u - v) + b_j - b_t <= 0
+        rhs = np.array([-(w[j] - w[ti]) @ xi - b[j] + b[ti] for j in rows])
+        lo, hi = bounds
+        if p == 1:
+            res = linprog(np.ones(2 * d), A_ub=np.concatenate([a_cls, -a_cls], 1), b_ub=rhs,
+                          bounds=[(0, hi - v) for v in xi] + [(0, v - lo) for v in xi], method="highs")
+        else:
+            a_ub = np.concatenate([np.concatenate([a_cls, np.zeros((len(rows), 1))], 1),
+                                   np.concatenate([np.eye(d), -np.ones((d, 1))], 1),
+                                   np.concatenate([-np.eye(d), -np.ones((d, 1))], 1)])
+            cost = np.zeros(d + 1)
+            cost[-1] = 1
+            res = linprog(cost, A_ub=a_ub, b_ub=np.concatenate([rhs, np.zeros(2 * d)]),
+                          bounds=[(lo - v, hi - v) for v in xi] + [(0, None)], method="highs")
+        out.append(res.fun if res.status == 0 else math.inf)
+    return torch.tensor(out, dtype=x.dtype)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import affine_minimum
 from torch import nn
 
 import minnorm
@@ -12,8 +13,8 @@ from minnorm.attacks.carlini_wagner import carlini_wagner_l2
 
 
 def affine_problem(num_classes: int, batch: int = 6, dim: int = 20, seed: int = 0, dtype=torch.float64):
-    """An affine classifier and inputs near the box centre, where the minimal L2 perturbation is
-    min over l != y of (f_y - f_l) / ||w_y - w_l||_2 and stays inside the box."""
+    """An affine classifier and inputs near the box centre, where the minimal L2 perturbation
+    (``affine_minimum`` without a box) stays inside the box."""
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(dim, num_classes).to(dtype)
     with torch.no_grad():
@@ -23,11 +24,7 @@ def affine_problem(num_classes: int, batch: int = 6, dim: int = 20, seed: int = 
     x = (0.5 + 0.02 * torch.randn(batch, 1, dim, generator=g, dtype=dtype)).clamp(0, 1)
     with torch.no_grad():
         y = model(x).argmax(1)
-        f = lin(x.flatten(1))
-        w = lin.weight
-        dist = (f.gather(1, y[:, None]) - f) / (w[y][:, None] - w[None]).norm(dim=2)
-    dist[torch.arange(batch), y] = math.inf
-    return model, x, y, dist.min(1).values
+    return model, x, y, affine_minimum(model, x, y, 2)
 
 
 def tiny_cnn(seed: int = 0, dtype=torch.float64) -> nn.Module:

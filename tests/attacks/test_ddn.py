@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import affine_distances
 from torch import nn
 
 import minnorm
@@ -27,13 +28,8 @@ def interior(n: int, d: int, seed: int = 1) -> torch.Tensor:
 
 
 def boundary_distances(lin: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[B, K]: L2 distance from x to the hyperplane f_y = f_l (inf for l = y)."""
-    with torch.no_grad():
-        f = lin(x)
-        w = lin.weight
-        gap = f.gather(1, y[:, None]) - f
-        dist = gap / (w[y][:, None, :] - w[None]).norm(dim=2)
-    return dist.scatter(1, y[:, None], float("inf"))
+    """[B, K]: L2 distance from x to the hyperplane f_y = f_l (inf for l = y), without the box."""
+    return affine_distances(lin, x, y, 2)
 
 
 def assert_optimum_inside_box(lin, x, y, dist):

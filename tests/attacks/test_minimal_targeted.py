@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from affine_oracle import affine_model, inputs, targeted_minimum_lp, untargeted_minimum
+from helpers import affine_inputs, affine_minimum, affine_model, targeted_minimum_lp
 
 from minnorm.attacks import apgd, fab, fmn
 
@@ -19,7 +19,7 @@ CASES = [(fmn, 300, 1.01), (fab, 50, 1.03), (apgd, 300, 1.02)]
 @pytest.mark.parametrize("attack,steps,median", CASES, ids=[c[0].__name__ for c in CASES])
 def test_targeted_affine_against_highs(attack, steps, median, p):
     model = affine_model(k=4, seed=3)
-    x = inputs(8, edge=True)
+    x = affine_inputs(8, edge=True)
     t = (model(x).argmax(1) + 1) % 4
     ref = targeted_minimum_lp(model, x, t, p, (0.0, 1.0))
     res = attack(model, x, t, norm=p, targeted=True, steps=steps)
@@ -39,10 +39,10 @@ BINARY = [(fmn, {1.0: 1e-3, 2.0: 1e-3, math.inf: 1e-3}), (apgd, {1.0: 2e-2, 2.0:
 def test_binary_affine_reaches_the_exact_minimum(attack, rtol, p, edge):
     """Two classes: the minimum is the box-constrained distance to one hyperplane."""
     model = affine_model(k=2, seed=1)
-    x = inputs(10, edge=edge)
+    x = affine_inputs(10, edge=edge)
     y = model(x).argmax(1)
     bounds = (0.0, 1.0) if edge else (-50.0, 50.0)
-    ref = untargeted_minimum(model, x, y, p, bounds if edge else None)
+    ref = affine_minimum(model, x, y, p, bounds if edge else None)
     res = attack(model, x, y, norm=p, steps=300, bounds=bounds)
     assert bool(res.success.all())
     assert bool((res.norms >= ref * (1 - 1e-9)).all()), "below the exact minimum: the oracle or the scoring is wrong"

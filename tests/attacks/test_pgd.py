@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import affine_minimum
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -12,7 +13,7 @@ from torch import nn
 import minnorm
 from minnorm.attacks import bim, pgd
 from minnorm.attacks.pgd import margin_objective, sparse_l1_direction
-from minnorm.core import dual_exponent, lp_norm
+from minnorm.core import lp_norm
 
 torch.set_num_threads(1)
 NORMS = [1.0, 2.0, math.inf]
@@ -29,7 +30,7 @@ def affine(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
 
 def affine_problem(num_classes: int, dim: int = 50, batch: int = 32, seed: int = 0):
     """f(x) = Wx + b with f(0.5) = offsets and inputs within 0.02 of 0.5, so that the minimal
-    perturbations stay far inside the box [0, 1] (the closed form ignores the box).
+    perturbations stay far inside the box [0, 1] (the oracle ``affine_minimum`` without a box).
 
     With more than two classes, classes 2.. sit 10 logits lower: their boundaries are far and
     their softmax weight tiny, so gradient ascent on CE heads for the nearest boundary.
@@ -41,17 +42,8 @@ def affine_problem(num_classes: int, dim: int = 50, batch: int = 32, seed: int =
     model = affine(w, offsets - 0.5 * w.sum(1))
     x = 0.5 + 0.02 * (2 * torch.rand(batch, 1, dim, dtype=F64, generator=g) - 1)
     with torch.no_grad():
-        logits = model(x)
-    return model, x, logits.argmax(1), w, logits
-
-
-def minimal_norm(w: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, p: float) -> torch.Tensor:
-    """Closed-form minimal lp perturbation of an affine classifier: min over j != y of
-    (z_y - z_j) / ||w_y - w_j||_q, with q the dual exponent (Hölder)."""
-    dist = (logits.gather(1, labels[:, None]) - logits) / torch.linalg.vector_norm(
-        w[None] - w[labels][:, None], ord=dual_exponent(p), dim=2)
-    dist[torch.arange(len(labels)), labels] = math.inf
-    return dist.min(1).values
+        y = model(x).argmax(1)
+    return model, x, y
 
 
 def tiny_mlp(dtype=F64, seed: int = 0) -> nn.Module:
@@ -67,8 +59,8 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("random_start", [True, False])
 def test_binary_affine_closed_form(p, random_start):
-    model, x, y, w, logits = affine_problem(2)
-    dmin = minimal_norm(w, logits, y, p)
+    model, x, y = affine_problem(2)
+    dmin = affine_minimum(model, x, y, p)
     # l1_sparsity=0.999 moves one coordinate per step, the exact l1 steepest ascent
     res = pgd(model, x, y, eps=1.05 * dmin, norm=p, random_start=random_start, l1_sparsity=0.999)
     assert bool(res.success.all())
@@ -79,8 +71,8 @@ def test_binary_affine_closed_form(p, random_start):
 
 @pytest.mark.parametrize("p", NORMS)
 def test_binary_affine_targeted(p):
-    model, x, y, w, logits = affine_problem(2)
-    dmin = minimal_norm(w, logits, y, p)
+    model, x, y = affine_problem(2)
+    dmin = affine_minimum(model, x, y, p)
     target = 1 - y
     res = pgd(model, x, target, eps=1.05 * dmin, norm=p, targeted=True, l1_sparsity=0.999)
     assert bool(res.success.all())
@@ -91,16 +83,16 @@ def test_binary_affine_targeted(p):
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("loss", ["ce", "margin"])
 def test_multiclass_affine_closed_form(p, loss):
-    model, x, y, w, logits = affine_problem(5, seed=1)
-    dmin = minimal_norm(w, logits, y, p)
+    model, x, y = affine_problem(5, seed=1)
+    dmin = affine_minimum(model, x, y, p)
     res = pgd(model, x, y, eps=1.05 * dmin, norm=p, loss=loss, l1_sparsity=0.999)
     assert bool(res.success.all())
     assert not bool(pgd(model, x, y, eps=0.95 * dmin, norm=p, loss=loss).success.any())
 
 
 def test_bim_affine():
-    model, x, y, w, logits = affine_problem(2)
-    dmin = minimal_norm(w, logits, y, math.inf)
+    model, x, y = affine_problem(2)
+    dmin = affine_minimum(model, x, y, math.inf)
     assert bool(bim(model, x, y, eps=1.05 * dmin).success.all())
     assert not bool(bim(model, x, y, eps=0.95 * dmin).success.any())
     assert minnorm.attacks.ifgsm is bim
@@ -183,8 +175,8 @@ def test_restarts_never_reduce_success(p):
 
 
 def test_pass_counts_and_early_stop():
-    model, x, y, w, logits = affine_problem(2, batch=4)
-    dmin = minimal_norm(w, logits, y, 2.0)
+    model, x, y = affine_problem(2, batch=4)
+    dmin = affine_minimum(model, x, y, 2.0)
     labels = y.clone()
     labels[0] = 1 - y[0]  # misclassified already: clean pass + final pass, nothing else
     eps = torch.stack([dmin[0], 5 * dmin[1], 1.05 * dmin[2], 0.5 * dmin[3]])

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import affine_minimum
 from torch import nn
 
 from minnorm.cli import main
@@ -29,14 +30,10 @@ def affine(num_classes: int = 5, dim: int = 16, batch: int = 10, seed: int = 0):
 
 
 def distance_oracle(lin: nn.Linear, x: torch.Tensor, p: float) -> torch.Tensor:
-    q = 1.0 if math.isinf(p) else (INF if p == 1 else p / (p - 1))
+    """The distance to the nearest decision boundary from the predicted class (no box)."""
     with torch.no_grad():
-        f = lin(x.flatten(1))
-    k = f.argmax(1)
-    dist = (f.gather(1, k[:, None]) - f) / torch.linalg.vector_norm(lin.weight[k][:, None] - lin.weight[None],
-                                                                     ord=q, dim=2)
-    dist[torch.arange(len(k)), k] = INF
-    return dist.min(1).values
+        k = lin(x.flatten(1)).argmax(1)
+    return affine_minimum(lin, x, k, p)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
