@@ -132,29 +132,16 @@ def test_confidence_margin():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dtypes_box_faces_and_no_mutation(dtype):
+def test_inputs_on_the_box_faces(dtype):
+    # atanh must stay finite on the faces of the box (dtypes, mutation and the box itself are the
+    # contract suite's, tests/test_contract.py)
     model, x, y = cnn_batch(3, dtype=dtype)
-    x[0, 0, :2] = 0.0  # atanh must stay finite on the faces of the box
+    x[0, 0, :2] = 0.0
     x[1, 0, :2] = 1.0
     y = model(x).argmax(1)
-    x_copy, y_copy = x.clone(), y.clone()
-    params = [p.clone() for p in model.parameters()]
     res = carlini_wagner_l2(model, x, y, binary_search_steps=3, max_iterations=40, initial_const=0.1)
-    assert res.adversarials.dtype == dtype and res.success.all()
-    assert res.adversarials.min() >= 0 and res.adversarials.max() <= 1
-    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
-    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
-    assert all(p.grad is None for p in model.parameters())
+    assert bool(res.success.all()) and bool(torch.isfinite(res.adversarials).all())
     torch.testing.assert_close(res.norms, minnorm.core.lp_norm(res.adversarials - x, 2))
-
-
-def test_empty_and_single_batch():
-    model = tiny_cnn()
-    res = carlini_wagner_l2(model, torch.zeros(0, 1, 8, 8, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
-    assert res.adversarials.shape == (0, 1, 8, 8) and res.norms.shape == (0,)
-    model, x, y = cnn_batch(1)
-    res = carlini_wagner_l2(model, x, y, binary_search_steps=2, max_iterations=20)
-    assert res.adversarials.shape == x.shape
 
 
 def test_bad_hyper_parameters():

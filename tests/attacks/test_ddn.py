@@ -6,7 +6,6 @@ import torch
 from helpers import affine_distances
 from torch import nn
 
-import minnorm
 from minnorm.attacks import ddn
 
 torch.set_num_threads(1)
@@ -190,17 +189,6 @@ def mlp(seed: int = 0, dtype=F64) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype).eval()
 
 
-def test_batch_equals_samples_one_by_one():
-    model = mlp()
-    x = torch.rand(6, 3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    res = ddn(model, x, y, steps=30)
-    for i in range(6):
-        one = ddn(model, x[i:i + 1], y[i:i + 1], steps=30)
-        torch.testing.assert_close(one.adversarials[0], res.adversarials[i])
-        assert bool(one.success[0] == res.success[i])
-
-
 def test_samples_already_adversarial_cost_no_passes():
     model = mlp()
     x = torch.rand(8, 3, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -215,22 +203,6 @@ def test_samples_already_adversarial_cost_no_passes():
     assert res.backward_passes[~odd].tolist() == [19] * 4  # the last step needs no gradient
 
 
-def test_small_cnn_float32_and_edge_batches():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)).eval()
-        x = torch.rand(4, 1, 8, 8)
-    y = model(x).argmax(1)
-    before = x.clone()
-    res = ddn(model, x, y, steps=30)
-    assert torch.equal(x, before) and not model.training
-    assert res.adversarials.dtype == torch.float32 and bool(res.success.all())
-    assert float(res.adversarials.min()) >= 0 and float(res.adversarials.max()) <= 1
-    assert len(ddn(model, x[:1], y[:1], steps=5)) == 1
-    empty = ddn(model, x[:0], y[:0], steps=5)
-    assert empty.adversarials.shape == (0, 1, 8, 8) and len(empty) == 0
-
-
 @pytest.mark.parametrize("kwargs,name", [
     ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"gamma": 0.0}, "gamma"), ({"gamma": 1.0}, "gamma"),
     ({"init_norm": 0.0}, "init_norm"), ({"alpha": -1.0}, "alpha"), ({"levels": 1}, "levels"),
@@ -239,11 +211,3 @@ def test_small_cnn_float32_and_edge_batches():
 def test_bad_hyper_parameters_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ddn(mlp(), torch.rand(2, 3, 4, dtype=F64), torch.tensor([0, 1]), **kwargs)
-
-
-def test_registry_entry():
-    spec = minnorm.attacks.get("ddn")
-    assert spec.fn is ddn and spec.norm == 2 and spec.minimal and spec.targeted
-    x = torch.rand(3, 3, 4, dtype=F64)
-    res = spec(mlp(), x, mlp()(x).argmax(1), **spec.quick)
-    assert res.forward_passes.max() <= 2 + spec.quick["steps"]
