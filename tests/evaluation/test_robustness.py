@@ -97,7 +97,11 @@ def test_report_on_the_shipped_mlp_keeps_correct_samples():
     rep = robustness_measures(model, x, y, norm=INF, batch_size=16, progress=False)
     assert rep.samples == int(correct.sum())
     assert rep.test_error == pytest.approx(1 - float(correct.double().mean()))
-    assert 0 < rep.rho2 < rep.eps_99 < INF and rep.rho1 > 0
+    kept = x[correct]  # the measures over the correctly classified samples, by hand
+    assert rep.rho2 == pytest.approx(float(rep.bounds.double().mean())) and rep.bounds.shape == (rep.samples,)
+    torch.testing.assert_close(rep.bounds, feasibility_bound(model, kept, norm=INF, progress=False))
+    assert rep.rho1 == pytest.approx(float((rep.minimal_norms.double() / kept.flatten(1).abs().amax(1)).mean()))
+    assert 0 < rep.rho2 < rep.eps_99 < INF  # the Prop. 1 bound lies below the attack's norms
     assert rep.eps_99 == pytest.approx(float(rep.minimal_norms.max()))  # 99% of < 100 samples: all of them
     probs = feasibility_bound(model, x[:4], scores="probabilities", progress=False)
     assert bool((probs > 0).all() & torch.isfinite(probs).all())
@@ -109,5 +113,8 @@ def test_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "rho-hat-2" in text and "deepfool-linf" in text
     info = json.loads(out.read_text())
-    assert info["command"] == "robustness" and info["norm"] == "inf" and info["rho2"] > 0
+    assert info["command"] == "robustness" and info["norm"] == "inf"
+    x, y = load_sample()
+    direct = robustness_measures(load_shipped("mlp"), x[:12], y[:12], norm=INF, progress=False)
+    assert info["rho2"] == pytest.approx(direct.rho2) and info["rho1"] == pytest.approx(direct.rho1)
     assert main(["robustness", "--model", "mlp", "--n", "5", "--attack", "pgd-l2", "--norm", "2"]) == 2
