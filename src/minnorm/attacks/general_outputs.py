@@ -154,24 +154,7 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
     if b == 0:
         eta = torch.zeros_like(x)
     elif p == 1:
-        d_in, d_out = x[0].numel(), counted(x)[0].numel()
-        cols = jacobian_column_norms(model, x)
-        counted.charge(backward=min(d_in, d_out))  # its products (its forward pass is the one above)
-        score = cols.flatten(1)
-        rows = torch.arange(b, device=x.device)
-        if bounds is not None:
-            up, down = (bounds[1] - x).flatten(1), (x - bounds[0]).flatten(1)
-            score = score * torch.minimum(torch.maximum(up, down), eps_t[:, None])
-        k = score.argmax(1)
-        info["coordinate"] = k
-        info["column_norm"] = cols.flatten(1)[rows, k]
-        eta = torch.zeros(b, x[0].numel(), dtype=x.dtype, device=x.device)
-        if bounds is None:
-            eta[rows, k] = eps_t
-        else:  # the side with more room; the final step may still flip it
-            uk, dk = up[rows, k], down[rows, k]
-            eta[rows, k] = torch.where(uk >= dk, torch.minimum(eps_t, uk), -torch.minimum(eps_t, dk))
-        eta = eta.view_as(x)
+        eta = _column_step(counted, model, x, eps_t, bounds, info)
     else:
         v = _power_iteration(counted, x, iterations, tol, gen)
         if p == 2 and bounds is None:
@@ -179,6 +162,31 @@ def output_attack(model, inputs: torch.Tensor, *, eps: float | torch.Tensor, nor
         else:
             eta = _conditional_gradient(counted, x, v, p, eps_t, bounds, iterations, tol, restarts, gen)
     return _finish(counted, x, eta, bounds, started, info)
+
+
+def _column_step(counted: CountedModel, model, x: torch.Tensor, eps: torch.Tensor, bounds: tuple[float, float] | None,
+                 info: dict[str, Any]) -> torch.Tensor:
+    """p = 1: the whole budget on the coordinate with the largest ``||J e_k||_2`` (times its room
+    in the box), exactly (:func:`jacobian_column_norms`, ``min(d_in, d_out)`` products)."""
+    b = x.shape[0]
+    d_in, d_out = x[0].numel(), counted(x)[0].numel()
+    cols = jacobian_column_norms(model, x)
+    counted.charge(backward=min(d_in, d_out))  # its products (its forward pass is the one above)
+    score = cols.flatten(1)
+    rows = torch.arange(b, device=x.device)
+    if bounds is not None:
+        up, down = (bounds[1] - x).flatten(1), (x - bounds[0]).flatten(1)
+        score = score * torch.minimum(torch.maximum(up, down), eps[:, None])
+    k = score.argmax(1)
+    info["coordinate"] = k
+    info["column_norm"] = cols.flatten(1)[rows, k]
+    eta = torch.zeros(b, x[0].numel(), dtype=x.dtype, device=x.device)
+    if bounds is None:
+        eta[rows, k] = eps
+    else:  # the side with more room; the final step may still flip it
+        uk, dk = up[rows, k], down[rows, k]
+        eta[rows, k] = torch.where(uk >= dk, torch.minimum(eps, uk), -torch.minimum(eps, dk))
+    return eta.view_as(x)
 
 
 def _power_iteration(counted: CountedModel, x: torch.Tensor, iterations: int, tol: float,
@@ -270,16 +278,7 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
         out = counted(x0) if b else None
     if b and (out.dim() < 3 or out.shape[0] != b):
         raise ValueError(f"model output must be dense scores [B, C, ...], got shape {tuple(out.shape)}")
-    spatial = tuple(out.shape[2:]) if b else tuple(x0.shape[2:])
-    t = torch.as_tensor(targets, device=x0.device)
-    if t.dtype in (torch.bool,) or t.is_floating_point():
-        raise TypeError(f"targets must be an integer class or an integer map, got {t.dtype}")
-    t = t.expand(b, *spatial).long() if t.dim() == 0 else t.long()
-    if t.shape != (b, *spatial):
-        raise ValueError(f"targets must have shape {(b, *spatial)} (batch and the output's spatial dims), "
-                         f"got {tuple(t.shape)}")
-    if b and bool(((t != ignore_index) & ((t < 0) | (t >= out.shape[1]))).any()):
-        raise ValueError(f"target classes must lie in [0, {out.shape[1]}) or equal ignore_index")
+    t = _target_map(targets, out, x0, ignore_index)
     valid = t != ignore_index
     counts = valid.flatten(1).sum(1).clamp_min(1)
 
@@ -309,12 +308,8 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
             keep = frac < 1
             if step == steps or not bool(keep.any()):
                 break
-            s = o.softmax(1) if scores == "probabilities" else o
-            ta = t[active].clamp_min(0)
-            wrong = (o.argmax(1) != ta) & valid[active]
-            own = s.amax(1)  # f_k with k the pixel's current class
-            gap = (own - s.gather(1, ta.unsqueeze(1)).squeeze(1)) * wrong
-            (grad,) = torch.autograd.grad(gap.flatten(1).sum(1)[keep].sum(), xg)
+            gap = _dense_gap(o, t[active], valid[active], scores)
+            (grad,) = torch.autograd.grad(gap[keep].sum(), xg)
         active, grad = active[keep], grad[keep]
         counted.count_backward(active)
         eta = holder_step_in_box(-grad, p, radius, x[active], bounds)
@@ -322,3 +317,29 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
     return DenseAttackResult(best, best_frac, clean_frac, lp_norm(best - x0, p), counted.forward_passes,
                              counted.backward_passes, time.perf_counter() - started)
 
+
+def _target_map(targets: torch.Tensor | int, out: torch.Tensor | None, x0: torch.Tensor, ignore_index: int
+                ) -> torch.Tensor:
+    """``targets`` as a checked integer map ``[B, *S]`` (``S`` the output's spatial dims)."""
+    b = x0.shape[0]
+    spatial = tuple(out.shape[2:]) if b else tuple(x0.shape[2:])
+    t = torch.as_tensor(targets, device=x0.device)
+    if t.dtype in (torch.bool,) or t.is_floating_point():
+        raise TypeError(f"targets must be an integer class or an integer map, got {t.dtype}")
+    t = t.expand(b, *spatial).long() if t.dim() == 0 else t.long()
+    if t.shape != (b, *spatial):
+        raise ValueError(f"targets must have shape {(b, *spatial)} (batch and the output's spatial dims), "
+                         f"got {tuple(t.shape)}")
+    if b and bool(((t != ignore_index) & ((t < 0) | (t >= out.shape[1]))).any()):
+        raise ValueError(f"target classes must lie in [0, {out.shape[1]}) or equal ignore_index")
+    return t
+
+
+def _dense_gap(o: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, scores: str) -> torch.Tensor:
+    """``L_t`` per sample: ``sum`` over the valid pixels not yet at their target of ``f_k - f_t``
+    (``k`` the pixel's current class), on logits or probabilities."""
+    s = o.softmax(1) if scores == "probabilities" else o
+    ta = t.clamp_min(0)
+    wrong = (o.argmax(1) != ta) & valid
+    own = s.amax(1)  # f_k with k the pixel's current class
+    return ((own - s.gather(1, ta.unsqueeze(1)).squeeze(1)) * wrong).flatten(1).sum(1)
