@@ -49,3 +49,50 @@ def test_costly_stage_only_where_the_cheap_ones_disagree():
     forced = minnorm.attacks.ensemble(model, x, y, norm=2.0, gap=0.0, quick_members=True,
                                       stages=[[("ddn", {})], [("fmn-l2", {})]])
     assert bool((forced.info["passes_per_stage"][1] > 0).all())  # one member: no second opinion, so go on
+
+
+def test_per_class_member_is_the_best_of_its_targeted_runs():
+    """``per_class=k`` runs the member targeted towards each of the k other classes: with shares
+    that never bind, the result is the smallest of the one-by-one targeted runs."""
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(5, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = minnorm.attacks.ensemble(model, x, y, norm=math.inf, total_passes=10_000,
+                                   stages=[[("fmn-linf", {"per_class": 3, "steps": 30, "targets": None})]])
+    want = torch.full((5,), math.inf, dtype=torch.float64)
+    for shift in (1, 2, 3):
+        t = (y + shift) % 4
+        one = minnorm.attacks.get("fmn-linf")(model, x, t, targeted=True, steps=30, targets=None)
+        want = torch.minimum(want, torch.where(one.success, one.norms, torch.full_like(want, math.inf)))
+    torch.testing.assert_close(res.norms, want, rtol=1e-6, atol=1e-9)
+    assert int(res.passes.max()) <= 10_000
+
+
+def test_polish_from_the_best_never_loses_it():
+    """``from_best`` hands the best adversarial so far to the linear-region attack as its start:
+    the result is at most that point's norm, and usually below it (the region LP is exact)."""
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(6, dtype=torch.float64)
+    y = true_labels(model, x)
+    first = [("fmn-linf", {"steps": 15, "targets": None})]
+    alone = minnorm.attacks.ensemble(model, x, y, norm=math.inf, stages=[first])
+    gen = torch.Generator().manual_seed(0)
+    res = minnorm.attacks.ensemble(model, x, y, norm=math.inf, generator=gen, stages=[first + [
+        ("lra-linf", {"from_best": True, "search_steps": 2, "regions": 5, "qp_steps": 100})]])
+    assert bool((res.norms <= alone.norms * (1 + 1e-9)).all())
+    assert bool((res.norms < alone.norms * (1 - 1e-3)).any()), "the polish improved no sample"
+    assert int(res.passes.max()) <= 2000 and bool((res.info["passes_per_stage"][0] > alone.passes).all())
+
+
+def test_linear_region_attack_starts_from_given_points():
+    """``init`` as a tensor: the given adversarials are the starts (no attack is run for them);
+    a row whose start is not adversarial stays unbroken."""
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(4, dtype=torch.float64)
+    y = true_labels(model, x)
+    start = minnorm.attacks.get("fmn-linf")(model, x, y, steps=20, targets=None)
+    init = start.adversarials.clone()
+    init[0] = x[0]  # not adversarial
+    res = minnorm.attacks.get("lra-linf")(model, x, y, init=init, regions=3, qp_steps=50,
+                                          generator=torch.Generator().manual_seed(0))
+    assert not bool(res.success[0]) and bool(res.success[1:].all())
+    assert bool((res.norms[1:] <= start.norms[1:] * (1 + 1e-9)).all())
+    with pytest.raises(ValueError):
+        minnorm.attacks.get("lra-linf")(model, x, y, init=init[:2])

@@ -34,7 +34,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          norm: float | str = 2, regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
                          q: float = 0.8, gamma: float = 6.0, power_iterations: int = 20, precondition_rows: int = 10,
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
-                         init: str = "deepfool", init_steps: int = 100, starting_points: torch.Tensor | None = None,
+                         init: str | torch.Tensor = "deepfool", init_steps: int = 100,
+                         starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
                          warm_start: bool = False, progress: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
@@ -46,7 +47,9 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     start always comes from an attack, ``init``: DeepFool in the attack's norm (default,
     untargeted; DDN where it fails), DDN with ``init_steps`` steps (``"ddn"``, and for targeted),
     or any registered minimal-norm attack by name (say ``"tr-linf"``, with its defaults), so no
-    reference data is needed and an image's result never depends on the rest of the batch. A binary search of
+    reference data is needed and an image's result never depends on the rest of the batch; or a
+    tensor ``[B, *x]`` of starting points per image (no passes; a start that is not adversarial
+    is dropped; the standard ensemble's polish; not with ``starting_points``). A binary search of
     ``search_steps`` steps on the segment to the image follows.
 
     Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
@@ -72,7 +75,10 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     check_positive("gamma", gamma)
     check_positive("decision_scale", decision_scale)
     check_positive("qp_tol", qp_tol)
-    if init not in ("deepfool", "ddn") and not (init in available() and get(init).minimal):
+    if isinstance(init, torch.Tensor):
+        if init.shape != inputs.shape:
+            raise ValueError(f"init as a tensor must have the inputs' shape {tuple(inputs.shape)}, got {tuple(init.shape)}")
+    elif init not in ("deepfool", "ddn") and not (init in available() and get(init).minimal):
         raise ValueError(f"init must be 'deepfool', 'ddn' or a registered minimal-norm attack, got {init!r}")
     if not 0.5 <= float(q) <= 1.0:
         raise ValueError(f"q must lie in [0.5, 1], got {q}")
@@ -105,10 +111,14 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
-                     init: str, init_steps: int, p: float = 2) -> torch.Tensor:
+                     init: str | torch.Tensor, init_steps: int, p: float = 2) -> torch.Tensor:
     """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none); the
     DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm."""
     x0, y = run.inputs[todo], run.labels[todo]
+    if isinstance(init, torch.Tensor):
+        if reference is not None:
+            raise ValueError("init as a tensor of starting points and starting_points do not combine")
+        return init[todo].to(x0)[:, None]
     if init not in ("deepfool", "ddn") and (get(init).targeted or not run.targeted):
         res = get(init)(run.model.model, x0, y, targeted=run.targeted, bounds=run.bounds, generator=run.generator)
     elif init == "ddn" or run.targeted:
