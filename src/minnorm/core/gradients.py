@@ -1,43 +1,95 @@
-"""Gradients of several objectives per sample in one call (DeepFool, the convex attacks, TR).
+"""Gradients of several objectives per sample in one call (DeepFool, the convex attacks).
 
-``values`` ``[b, m]`` (m objectives per sample, e.g. the logit differences to m classes) are
-differentiated with respect to the batch ``x``: by ``m`` backward passes over one retained graph
-(``method="loop"``) or by one vectorised call (``"vmap"``: ``torch.autograd.grad(...,
-is_grads_batched=True)``). Both give the same gradients and are charged ``m`` backward passes
-per sample. Measured on the shipped CNN on one CPU thread (benchmarks/RESULTS.md), the vmap
-form is ~1.5x slower (DeepFool-L2 on 100 images: 4.6 s vs 2.9 s), so the loop is the default;
-``"vmap"`` is there for accelerators, where batching the backward calls is expected to pay
-(not measured: no GPU was available).
+``values`` ``[r, m]`` (m objectives per sample, e.g. the logit differences to m classes) are
+differentiated with respect to the batch ``x`` over one retained graph, by one of three methods:
+
+- ``"loop"``: m backward passes, one per objective (each of r rows).
+- ``"vmap"``: one vectorised backward call for all m objectives (``torch.autograd.grad(...,
+  is_grads_batched=True)``, m * r rows at once).
+- ``"auto"`` (the default): the objectives in chunks of ``max(1, AUTO_ROWS // r)``, each chunk one
+  vectorised call, so a call never backpropagates more than ``AUTO_ROWS`` rows unless r alone is
+  more (then it is the loop).
+
+All give the same gradients up to float rounding (bit for bit in most cases; benchmarks/RESULTS.md)
+and are charged the same ``m`` backward passes per sample: the model sees the same cotangents, only
+grouped differently. Why chunks: on one CPU thread vectorising pays only while the m * r rows are
+few (it saves m - 1 walks of the autograd graph), and costs once they are many (torch's batching
+rules run the convolution and max-pool backward slice by slice and then concatenate the slices,
+and the m-fold intermediates fall out of the cache). Measured side by side on the shipped models
+(benchmarks/per_class_gradient.py): the vectorised call is faster than the loop for the ``mlp`` at
+every batch size and for the ``cnn`` at batch 1, about as fast at 16 and much slower at 100; the
+threshold keeps the gain where there is one and the loop elsewhere. :func:`gradient_method` sets
+the method for a block of code (benchmarks, accelerators).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
+from typing import Iterator
 
 import torch
 
+METHODS = ("loop", "vmap", "auto")
+AUTO_ROWS = 72  # most rows of one vectorised call under "auto": 8 samples x 9 classes, where it still paid on the cnn
+
+_METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("minnorm_gradient_method", default="auto")
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
+@contextlib.contextmanager
+def gradient_method(method: str) -> Iterator[None]:
+    """Inside the block, :func:`per_objective_gradients` called without ``method`` uses ``method``."""
+    token = _METHOD.set(_check_method(method))
+    try:
+        yield
+    finally:
+        _METHOD.reset(token)
+
+
+def objectives_per_call(method: str, rows: int, objectives: int) -> int:
+    """How many objectives one backward call differentiates: 1 (loop), all (vmap), or as many as
+    keep the call within ``AUTO_ROWS`` rows, spread evenly over the calls (auto)."""
+    if method == "loop":
+        return 1
+    if method == "vmap":
+        return objectives
+    most = max(1, min(objectives, AUTO_ROWS // max(rows, 1)))
+    calls = -(-objectives // most)
+    return -(-objectives // calls)  # the same number of calls, chunks as even as they go
+
 
 def per_objective_gradients(values: torch.Tensor, x: torch.Tensor, rows: torch.Tensor | None = None,
-                            method: str = "loop") -> torch.Tensor:
+                            method: str | None = None) -> torch.Tensor:
     """``d values[i, j] / d x[rows[i]]`` as ``[r, m, *x.shape[1:]]``.
 
     ``values`` come from a graph that starts at ``x`` (``requires_grad``); ``rows`` are the rows
     of ``x`` that ``values`` belong to (all of them if None), so that samples left out of the
-    objectives cost nothing. The model must not mix samples (no batch statistics).
+    objectives cost nothing. The model must not mix samples (no batch statistics). ``method`` is
+    one of :data:`METHODS` (see the module docstring); None takes the one :func:`gradient_method`
+    set, else ``"auto"``. The caller charges ``m`` backward passes per sample whatever the method.
     """
     r, m = values.shape
     rows = torch.arange(r, device=x.device) if rows is None else rows
-    if method == "loop" or m == 1:
-        grads = []
-        for j in range(m):
-            (g,) = torch.autograd.grad(values[:, j].sum(), x, retain_graph=j < m - 1)
-            grads.append(g[rows])
-        return torch.stack(grads, 1)
-    if method != "vmap":
-        raise ValueError(f"method must be 'loop' or 'vmap', got {method!r}")
+    chunk = objectives_per_call(_check_method(_METHOD.get() if method is None else method), r, m)
     seeds = torch.zeros(m, r, m, dtype=values.dtype, device=values.device)
-    seeds[torch.arange(m), :, torch.arange(m)] = 1
-    with warnings.catch_warnings():
-        # ops without a vmap rule fall back to a loop inside torch: slower there, still exact
-        warnings.filterwarnings("ignore", message=".*performance drop.*")
-        (g,) = torch.autograd.grad(values, x, grad_outputs=seeds, is_grads_batched=True)
-    return g[:, rows].transpose(0, 1)
+    seeds[torch.arange(m), :, torch.arange(m)] = 1  # seeds[j] picks objective j of every sample
+    grads = []
+    for start in range(0, m, chunk):
+        retain = start + chunk < m
+        if chunk == 1:
+            (g,) = torch.autograd.grad(values, x, grad_outputs=seeds[start], retain_graph=retain)
+            grads.append(g[rows].unsqueeze(1))
+            continue
+        with warnings.catch_warnings():
+            # ops without a vmap rule fall back to a loop inside torch: slower there, still exact
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            (g,) = torch.autograd.grad(values, x, grad_outputs=seeds[start:start + chunk], retain_graph=retain,
+                                       is_grads_batched=True)
+        grads.append(g[:, rows].transpose(0, 1))
+    return torch.cat(grads, 1)
