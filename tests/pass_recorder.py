@@ -5,7 +5,8 @@ What counts (DESIGN.md, "The attack contract"; ``minnorm.core.counting``):
 
 - a forward pass: one row of a forward call of the model;
 - a backward pass: one reverse sweep of autograd through the graph of a forward call, per row of
-  that call. A custom autograd Function on the model's input sees every sweep; per row it tallies
+  that call. A custom autograd Function on the model's input sees every sweep (a vectorised
+  backward call of ``k`` cotangents is ``k`` sweeps); per row it tallies
   ``seen`` (every row the sweep ran over) and ``live`` (rows whose input gradient is not all
   zero). A Hessian-vector product by double backward is one more sweep; a batched per-class
   gradient by ``k`` sweeps of one retained graph is ``k``;
@@ -34,8 +35,21 @@ class _Tap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.log.record_backward(ctx.owners, grad)
+        for sweep in _sweeps(grad):
+            ctx.log.record_backward(ctx.owners, sweep)
         return grad, None, None
+
+
+def _sweeps(grad: torch.Tensor) -> list[torch.Tensor]:
+    """The cotangents of one backward call, one per sweep: a vectorised call (``torch.autograd.grad(...,
+    is_grads_batched=True)``, which hands this backward a batched tensor of torch's legacy vmap)
+    carries one per slice of its batch dimension."""
+    if not torch._C._functorch.is_legacy_batchedtensor(grad):
+        return [grad.detach()]
+    level = torch._C._vmapmode_increment_nesting() - 1  # the level of the vmap we are inside
+    torch._C._vmapmode_decrement_nesting()
+    whole = torch._remove_batch_dim(grad, level, 1, 0)  # [k, *grad.shape]: batch size ignored when batched
+    return [s for part in whole for s in _sweeps(part)]
 
 
 class PassLog:
@@ -74,7 +88,7 @@ class PassLog:
             self.jvp += rows
 
     def record_backward(self, owners: torch.Tensor, grad: torch.Tensor) -> None:
-        live = grad.detach().flatten(1).ne(0).any(1).cpu()
+        live = grad.flatten(1).ne(0).any(1).cpu()
         self.stray_backward += self._add(self.backward_seen, owners)
         self._add(self.backward_live, owners[live])
 

@@ -19,7 +19,8 @@ its samples one by one). So:
 - under a budget no sample is charged more than the budget; a sample that did not hit it is
   counted as above; one that hit it may have been run past it (a pass is computed before it is
   known not to fit, and is then not credited): it is flagged ``over_budget`` and its reported
-  passes are at most those seen.
+  passes are at most those seen. The same holds without a budget for the ensemble, whose members
+  run under shares of its total.
 
 The evaluation's own prediction pass per batch happens outside attacks and is not checked here.
 """
@@ -62,36 +63,39 @@ def check_attributed(log: PassLog) -> None:
 
 
 def check_alone(spec: AttackSpec, model, x: torch.Tensor, y: torch.Tensor, targeted: bool, i: int) -> None:
-    """Sample ``i`` alone: reported passes equal exactly what the model saw."""
+    """Sample ``i`` alone: reported passes equal exactly what the model saw (at most, if it ran out
+    of a budget: the ensemble's members run under shares of its total)."""
     res, log = recorded_run(spec, model, x[i:i + 1], y[i:i + 1], targeted)
-    fwd, bwd = int(res.forward_passes[0]), int(res.backward_passes[0])
-    assert fwd == int(log.forward[0]), f"sample {i} alone: reported {fwd} forward passes, the model saw {int(log.forward[0])}"
-    seen = int(log.backward_seen[0] + log.jvp[0])
-    assert bwd == seen, (f"sample {i} alone: reported {bwd} backward passes, the model saw {int(log.backward_seen[0])} "
-                         f"backward sweeps and {int(log.jvp[0])} JVPs")
+    fwd, bwd, over = int(res.forward_passes[0]), int(res.backward_passes[0]), bool(res.over_budget[0])
+    seen_fwd, seen_bwd = int(log.forward[0]), int(log.backward_seen[0] + log.jvp[0])
+    what = (f"sample {i} alone{' (over budget)' if over else ''}: reported {fwd} forward and {bwd} backward "
+            f"passes, the model saw {seen_fwd} forward rows, {int(log.backward_seen[0])} backward sweeps and "
+            f"{int(log.jvp[0])} JVPs")
+    assert (fwd <= seen_fwd and bwd <= seen_bwd) if over else (fwd == seen_fwd and bwd == seen_bwd), what
 
 
-def check_backward_bounds(res: AttackResult, log: PassLog, rows: torch.Tensor) -> None:
-    """On ``rows``: sweeps with a gradient <= reported backward passes <= all sweeps (+ JVPs, in total)."""
-    bwd = res.backward_passes.cpu()
-    low, high = log.backward_live[rows], log.backward_seen[rows]
-    assert bool((bwd[rows] >= low).all()), (f"reported backward passes {bwd.tolist()}, but gradients "
-                                            f"reached {log.backward_live.tolist()}")
+def check_counts(res: AttackResult, log: PassLog) -> list[int]:
+    """Per sample in a batch: forward passes as seen; sweeps with a gradient <= backward passes <= all
+    sweeps (+ JVPs, in total); samples over budget at most what was seen. Returns the samples whose
+    backward passes are not all the sweeps seen (to be checked alone)."""
+    check_attributed(log)
+    fwd, bwd = res.forward_passes.cpu(), res.backward_passes.cpu()
+    over = res.over_budget.cpu()
+    shown = f"reported {fwd.tolist()} / {bwd.tolist()}, seen {log.forward.tolist()} / {log.backward_seen.tolist()}"
+    assert torch.equal(fwd[~over], log.forward[~over]), f"forward passes: {shown}, over budget {over.tolist()}"
+    assert bool((bwd[~over] >= log.backward_live[~over]).all()), (
+        f"backward passes: {shown}, but gradients reached {log.backward_live.tolist()}")
     if log.jvp_rows == 0:
-        assert bool((bwd[rows] <= high).all()), (f"reported backward passes {bwd.tolist()}, the model "
-                                                 f"swept {log.backward_seen.tolist()}")
+        assert bool((bwd[~over] <= log.backward_seen[~over]).all()), f"backward passes: {shown}"
     else:  # the tangents of JVP calls belong to no input: compare totals
-        assert int(bwd[rows].sum()) <= int(high.sum()) + log.jvp_rows, "more backward passes reported than done"
+        assert int(bwd[~over].sum()) <= int(log.backward_seen[~over].sum()) + log.jvp_rows, f"backward: {shown}"
+    assert bool((fwd[over] <= log.forward[over]).all() and (bwd[over] <= log.backward_seen[over] + log.jvp_rows).all())
+    return (((bwd != log.backward_seen) | (log.jvp_rows > 0)) & ~over).nonzero().flatten().tolist()
 
 
 def check_batch(spec: AttackSpec, model, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> None:
     res, log = recorded_run(spec, model, x, y, targeted)
-    check_attributed(log)
-    fwd = res.forward_passes.cpu()
-    assert torch.equal(fwd, log.forward), f"reported forward passes {fwd.tolist()}, the model saw {log.forward.tolist()}"
-    check_backward_bounds(res, log, torch.arange(len(res)))
-    partly = (res.backward_passes.cpu() != log.backward_seen) | (log.jvp_rows > 0)
-    for i in partly.nonzero().flatten().tolist():
+    for i in check_counts(res, log):
         check_alone(spec, model, x, y, targeted, i)
 
 
@@ -106,15 +110,8 @@ def test_reported_passes_are_what_the_model_saw(spec, targeted):
 def test_reported_passes_under_a_budget(spec, budget):
     model, x, y = model_and_batch(False)
     res, log = recorded_run(spec, model, x, y, False, budget=budget)
-    check_attributed(log)
     assert int(res.passes.max()) <= budget, f"passes {res.passes.tolist()} beyond the budget of {budget}"
-    over = res.over_budget.cpu()
-    fwd = res.forward_passes.cpu()
-    assert torch.equal(fwd[~over], log.forward[~over]), (
-        f"reported forward passes {fwd.tolist()}, the model saw {log.forward.tolist()}, over budget {over.tolist()}")
-    assert bool((fwd[over] <= log.forward[over]).all()), f"more forward passes reported than seen: {fwd.tolist()}"
-    check_backward_bounds(res, log, (~over).nonzero().flatten())
-    assert bool((res.backward_passes.cpu()[over] <= log.backward_seen[over] + log.jvp_rows).all())
+    check_counts(res, log)
 
 
 # ---------------------------------------------------------------- self-tests of the recorder and checks
@@ -163,17 +160,20 @@ def test_checks_catch_a_miscounting_toy(flaw):
         check_batch(_toy(flaw), *model_and_batch(False), False)
 
 
-def test_recorder_counts_sweeps_hvps_and_jvps():
-    """Per-class gradients are one sweep per class, a double backward one more; a call with the
-    offsets swapped out (the linear part of a frozen network) is a JVP per row."""
+@pytest.mark.parametrize("method", ["loop", "vmap"])
+def test_recorder_counts_sweeps_hvps_and_jvps(method):
+    """Per-class gradients are one sweep per class (looped or vectorised), a double backward one
+    more; a call with the offsets swapped out (the linear part of a frozen network) is a JVP per row."""
     from minnorm.attacks._piecewise import PiecewiseAffine
 
     model, x, _ = model_and_batch(False)
     rec = PassRecorder(model, x)
     xa = x[[0, 2]].clone().requires_grad_(True)
     z = rec(xa)
-    per_objective_gradients(z[:, :3], xa)  # 3 sweeps over rows 0 and 2
+    values = z[:, :3] * torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=z.dtype)
+    per_objective_gradients(values, xa, method=method)  # 3 sweeps over rows 0 and 2, one with row 0 left out
     assert rec.log.forward.tolist() == [1, 0, 1, 0] and rec.log.backward_seen.tolist() == [3, 0, 3, 0]
+    assert rec.log.backward_live.tolist() == [2, 0, 3, 0]
     xb = x[[3]].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(rec(xb).logsumexp(1).sum(), xb, create_graph=True)
     torch.autograd.grad((g * g).sum(), xb)  # a Hessian-vector product
