@@ -94,8 +94,11 @@ def check_counts(res: AttackResult, log: PassLog) -> list[int]:
 
 
 def check_batch(spec: AttackSpec, model, x: torch.Tensor, y: torch.Tensor, targeted: bool) -> None:
+    """The batch, then alone the first and the last of the samples :func:`check_counts` leaves open
+    (all of them where JVPs are involved: two alone keep the test short)."""
     res, log = recorded_run(spec, model, x, y, targeted)
-    for i in check_counts(res, log):
+    open_rows = check_counts(res, log)
+    for i in sorted(set(open_rows[:1] + open_rows[-1:])):
         check_alone(spec, model, x, y, targeted, i)
 
 
