@@ -197,12 +197,12 @@ class _State:
     best_gap: torch.Tensor          # [R] how far inside the adversarial region it is
     first_norm: torch.Tensor        # [R] norm at the first crossing
     chosen: torch.Tensor            # [R] the class selected at the start
-    restart: torch.Tensor | None = None     # [R] the restart round of the row (0: from the input)
+    restart: torch.Tensor           # [R] the round of the row (0: from the input, else a restart)
 
     @classmethod
     def start(cls, run: AttackRun, o: _Options, sample: torch.Tensor, x: torch.Tensor, rank: torch.Tensor,
-              lead: torch.Tensor) -> "_State":
-        """Rows for the samples ``sample`` starting at the flat points ``x``."""
+              lead: torch.Tensor, restart: int = 0) -> "_State":
+        """Rows for the samples ``sample`` starting at the flat points ``x`` in round ``restart``."""
         r, dev, dt = len(sample), x.device, x.dtype
         nan = torch.full((r,), math.nan, dtype=dt, device=dev)
         no = torch.zeros(r, dtype=torch.bool, device=dev)
@@ -215,7 +215,7 @@ class _State:
                    rad=nan.clone() if o.radius is None else torch.full_like(nan, float(o.radius)),
                    predicted=nan.clone(), prev_margin=nan.clone(), kappa=nan.clone(), clean_margin=nan.clone(),
                    best=flat0.clone(), best_norm=torch.full_like(nan, math.inf), best_gap=nan.clone(),
-                   first_norm=torch.full_like(nan, math.inf), chosen=y.clone())
+                   first_norm=torch.full_like(nan, math.inf), chosen=y.clone(), restart=torch.full_like(sample, restart))
 
     def take(self, rows: torch.Tensor) -> "_State":
         """The state of the rows ``rows`` only."""
@@ -549,20 +549,28 @@ def trust_region(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: flo
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=o.p, generator=generator)
     if run.batch_size == 0:
         return run.finish(inputs.clone())
-    n, rounds = run.batch_size, []
-    norms = torch.full((n,), math.inf, dtype=inputs.dtype, device=inputs.device)
+    return _finish(_winners(_rounds(run, o), run.batch_size))
+
+
+def _rounds(run: AttackRun, o: _Options) -> _State:
+    """The first round from the inputs, then ``restarts - 1`` rounds from random points at lp
+    distance ``_RESTART_RADIUS`` x the best norm so far (samples with an adversarial only): the
+    rows of every round, one after the other."""
+    n, x0, rounds = run.batch_size, run.inputs, []
+    norms = torch.full((n,), math.inf, dtype=x0.dtype, device=x0.device)
     for r in range(o.restarts):
-        again = torch.arange(n, device=inputs.device)
+        again = torch.arange(n, device=x0.device)
         if r:
             again = again[torch.isfinite(norms) & (norms > 0)]
             if len(again) == 0:
                 break
-        start = run.inputs[again] if r == 0 else random_in_ball(run.inputs[again], o.p, norms[again] * _RESTART_RADIUS,
-                                                                run.generator, run.bounds)
-        rounds.append(_round(run, o, again, start.flatten(1), r))
-        rnorms = lp_norm(rounds[-1].best - rounds[-1].flat0, o.p).masked_fill(~torch.isfinite(rounds[-1].best_norm), math.inf)
-        norms = norms.scatter_reduce(0, rounds[-1].sample, rnorms, reduce="amin")
-    return _finish(_winners(_State.cat(rounds), n))
+        start = x0[again] if r == 0 else random_in_ball(x0[again], o.p, norms[again] * _RESTART_RADIUS,
+                                                        run.generator, run.bounds)
+        s = _round(run, o, again, start.flatten(1), r)
+        found = lp_norm(s.best - s.flat0, o.p).masked_fill(~torch.isfinite(s.best_norm), math.inf)
+        norms = norms.scatter_reduce(0, s.sample, found, reduce="amin")
+        rounds.append(s)
+    return _State.cat(rounds)
 
 
 def _round(run: AttackRun, o: _Options, samples: torch.Tensor, start: torch.Tensor, restart: int) -> _State:
@@ -571,8 +579,8 @@ def _round(run: AttackRun, o: _Options, samples: torch.Tensor, start: torch.Tens
     the row of rank j attacks the j-th class), each row pulled back onto the boundary."""
     k = 1 if o.targeted else min(o.classes, run.num_classes - 1)
     rows = torch.arange(len(samples) * k, device=samples.device)
-    s = _State.start(run, o, samples.repeat_interleave(k), start.repeat_interleave(k, 0), rows % k, rows - rows % k)
-    s.restart = torch.full_like(rows, restart)
+    s = _State.start(run, o, samples.repeat_interleave(k), start.repeat_interleave(k, 0), rows % k, rows - rows % k,
+                     restart)
     _iterate(s)
     _pull_back(s)
     return s
