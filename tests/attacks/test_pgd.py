@@ -12,7 +12,6 @@ from torch import nn
 
 import minnorm
 from minnorm.attacks import bim, pgd
-from minnorm.attacks.pgd import margin_objective, sparse_l1_direction
 from minnorm.core import lp_norm
 
 torch.set_num_threads(1)
@@ -184,14 +183,3 @@ def test_bad_arguments(kwargs, error, match):
     model = tiny_mlp()
     with pytest.raises(error, match=match):
         pgd(model, torch.rand(3, 1, 12, dtype=F64), torch.tensor([0, 1, 2]), **{"eps": 0.1, **kwargs})
-
-
-def test_margin_objective_and_l1_direction():
-    logits = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
-    labels = torch.tensor([0, 0])
-    assert margin_objective(labels, False)(logits).tolist() == [-1.0, 3.0]
-    assert margin_objective(torch.tensor([1, 1]), True)(logits).tolist() == [-1.0, 2.0]
-    grad = torch.tensor([[5.0, -4.0, 3.0, 0.5]])
-    x = torch.tensor([[1.0, 0.5, 0.5, 0.5]])  # the largest |g| points out of the box: skipped
-    d = sparse_l1_direction(grad, x, (0.0, 1.0), 2)
-    assert d.tolist() == [[0.0, -0.5, 0.5, 0.0]]

@@ -7,6 +7,7 @@ import torch
 
 from ..core import (AttackResult, AttackRun, batch_view, check_int, check_positive, is_adversarial, register,
                     start_attack)
+from ..core.objectives import logit_margin
 
 __all__ = ["carlini_wagner_l2"]
 
@@ -111,16 +112,10 @@ def carlini_wagner_l2(model, inputs: torch.Tensor, labels: torch.Tensor, *, targ
 
 
 def _succeeded(logits: torch.Tensor, labels: torch.Tensor, targeted: bool, confidence: float) -> torch.Tensor:
-    """Adversarial with margin ``confidence`` (the authors' ``compare``); plain argmax when it is 0."""
-    return is_adversarial(logits, labels, targeted) & (_margins(logits, labels, targeted) <= -confidence)
-
-
-def _margins(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """How far the attack is from its goal: ``Z_y - max_{i != y} Z_i`` (untargeted) or
+    """Adversarial with margin ``confidence`` (the authors' ``compare``); plain argmax when it is 0.
+    f_6 of the paper is ``-logit_margin``: ``Z_y - max_{i != y} Z_i`` (untargeted) or
     ``max_{i != t} Z_i - Z_t`` (targeted); <= -kappa means kappa-adversarial."""
-    own = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.scatter(1, labels[:, None], -math.inf).amax(dim=1)
-    return other - own if targeted else own - other
+    return is_adversarial(logits, labels, targeted) & (logit_margin(logits, labels, targeted) >= confidence)
 
 
 def _loss_and_grad(run: AttackRun, x: torch.Tensor, w: torch.Tensor, const: torch.Tensor, index: torch.Tensor,
@@ -133,7 +128,7 @@ def _loss_and_grad(run: AttackRun, x: torch.Tensor, w: torch.Tensor, const: torc
     x_adv = lo + (hi - lo) * (tanh + 1) / 2
 
     def objective(logits: torch.Tensor) -> torch.Tensor:
-        return const * (_margins(logits, y, run.targeted) + confidence).clamp_min(0)
+        return const * (confidence - logit_margin(logits, y, run.targeted)).clamp_min(0)  # max(f_6 + kappa, 0)
 
     logits, hinge, grad_x = run.model.value_and_grad(x_adv, objective, index)
     sq = (x_adv - x).flatten(1).pow(2).sum(1)

@@ -25,11 +25,11 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..core import (AttackResult, check_int, check_positive, clip_box, parse_norm, per_objective_gradients, register,
                     start_attack)
 from ..core.boundary import check_box_mode, nearest_boundary_step
+from ..core.objectives import cross_entropy, logit_difference, logit_margin
 from ..core.norms import holder_step_in_box
 from .noise import per_sample_eps
 
@@ -54,20 +54,16 @@ def _pieces(loss: str, scores: str, class_choice: str, targeted: bool, num_class
         return logits.softmax(1) if scores == "probabilities" else logits
 
     def pieces(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if loss == "ce":
-            ce = F.cross_entropy(logits, labels, reduction="none")[:, None]
-            return ce if targeted else -ce
+        if loss == "ce":  # L descends what the cross-entropy attacks ascend
+            return -cross_entropy(logits, labels, targeted)[:, None]
         s = f(logits)
-        own = s.gather(1, labels[:, None])
         if loss == "score":
+            own = s.gather(1, labels[:, None])
             return -own if targeted else own
-        rest = s.scatter(1, labels[:, None], -math.inf)
-        if targeted:  # max_{l != t} f_l - f_t, through its active piece
-            return rest.amax(1, keepdim=True) - own
-        if class_choice == "active":
-            return own - rest.amax(1, keepdim=True)
+        if targeted or class_choice == "active":  # through the active piece: f_k - f_runner-up, or max_{l != t} f_l - f_t
+            return -logit_margin(s, labels, targeted)[:, None]
         others = (labels[:, None] + torch.arange(1, num_classes, device=labels.device)) % num_classes
-        return own - s.gather(1, others)
+        return -logit_difference(s, labels, others)
     return pieces
 
 

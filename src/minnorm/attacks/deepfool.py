@@ -10,6 +10,7 @@ import torch
 
 from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
 from ..core.boundary import check_box_mode, nearest_boundary_step
+from ..core.objectives import logit_difference
 
 __all__ = ["deepfool"]
 
@@ -95,7 +96,7 @@ def _linearise(run, x_adv: torch.Tensor, active: torch.Tensor, cand: torch.Tenso
         # Rows of samples that just finished are left out of the objectives; their share of
         # the backward compute is wasted once, but they are not charged, as one by one.
         kept = logits[rows]
-        diff = kept.gather(1, cand[index]) - kept.gather(1, run.labels[index, None])
+        diff = logit_difference(kept, run.labels[index], cand[index])
         grads = per_objective_gradients(diff, xa, rows)
         run.model.charge(index, backward=cand.shape[1])
     return index, diff.detach(), grads

@@ -12,40 +12,16 @@ import math
 
 import torch
 
-from ..core import batch_view, check_int, clip_box, holder_direction, project_lp_ball, register, start_attack
-from .fgsm import loss_objective
+from ..core import check_int, clip_box, register, start_attack
+from ..core.objectives import cross_entropy_objective, margin_objective
+from ..core.steps import l1_coordinates, pgd_step
+from ..core.steps import sparse_l1_direction  # noqa: F401  (apgd.py imports it from here)
 from .noise import _check_p, lp_ball_noise, per_sample_eps
 
 __all__ = ["bim", "ifgsm", "pgd"]
 
 
-def margin_objective(labels: torch.Tensor, targeted: bool):
-    """Logit margin to *ascend* (Carlini & Wagner, 2017, f_6 without the clamp):
-    ``max_{j != y} z_j - z_y`` untargeted, ``z_t - max_{j != t} z_j`` targeted. Positive iff adversarial."""
-    def objective(logits: torch.Tensor) -> torch.Tensor:
-        own = logits.gather(1, labels[:, None]).squeeze(1)
-        other = logits.scatter(1, labels[:, None], -math.inf).amax(dim=1)
-        return own - other if targeted else other - own
-    return objective
-
-
-_LOSSES = {"ce": loss_objective, "margin": margin_objective}
-
-
-def sparse_l1_direction(grad: torch.Tensor, x: torch.Tensor, bounds: tuple[float, float], k: int) -> torch.Tensor:
-    """SLIDE's step (Tramer & Boneh, 2019): sign(g) on the ``k`` largest |g_i|, scaled to
-    unit l1 norm, ignoring coordinates the box stops from moving the way g points.
-
-    The exact l1 steepest-ascent direction moves one coordinate per step, which is slow and
-    stalls once that coordinate hits the box; k > 1 spreads each step over the top coordinates.
-    """
-    g = grad.flatten(1)
-    xf = x.flatten(1)
-    blocked = ((xf <= bounds[0]) & (g < 0)) | ((xf >= bounds[1]) & (g > 0))
-    g = g.masked_fill(blocked, 0)
-    idx = g.abs().topk(min(k, g.shape[1]), dim=1).indices
-    d = torch.zeros_like(g).scatter_(1, idx, g.gather(1, idx).sign())
-    return (d / d.abs().sum(1, keepdim=True).clamp_min(1)).view_as(grad)
+_LOSSES = {"ce": cross_entropy_objective, "margin": margin_objective}
 
 
 def _run_restart(run, todo: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, steps: int, make_objective,
@@ -66,12 +42,7 @@ def _run_restart(run, todo: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor
         active, xa, grad = active[~hit], xa[~hit], grad[~hit]
         if active.numel() == 0:
             return todo[:0]
-        if run.norm == 1:
-            direction = sparse_l1_direction(grad, xa, run.bounds, l1_k)
-        else:
-            direction = holder_direction(grad, run.norm)
-        delta = xa - x0[active] + batch_view(alpha[todo[active]], xa) * direction
-        x[active] = clip_box(x0[active] + project_lp_ball(delta, run.norm, eps[todo[active]]), run.bounds)
+        x[active] = pgd_step(xa, x0[active], grad, run.norm, eps[todo[active]], alpha[todo[active]], run.bounds, l1_k)
     idx = todo[active]
     with torch.no_grad():
         hit = run.is_adversarial(run.model(x[active], idx), idx)
@@ -85,11 +56,12 @@ def pgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | torch
         bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None):
     """PGD in the lp ball of radius ``eps`` (float or ``[B]``), p in {1, 2, inf}.
 
-    Step: ``delta <- Proj_eps(delta + step_size * d)``, then clip to the box, where d maximises
-    <grad, d> on the unit lp ball (:func:`holder_direction`: sign(g) for linf, g/||g||_2 for l2);
-    for l1, :func:`sparse_l1_direction` moves the top ``1 - l1_sparsity`` fraction of coordinates
-    (SLIDE's 99th percentile by default). Default ``step_size = 2.5 * eps / steps`` (float or
-    ``[B]``): the iterates can cross the ball more than once, so the start matters little.
+    Step (:func:`minnorm.core.steps.pgd_step`, the one Madry training takes too):
+    ``delta <- Proj_eps(delta + step_size * d)``, then clip to the box, where d maximises <grad, d>
+    on the unit lp ball (sign(g) for linf, g/||g||_2 for l2); for l1, SLIDE's direction moves the
+    top ``1 - l1_sparsity`` fraction of coordinates (the 99th percentile by default). Default
+    ``step_size = 2.5 * eps / steps`` (float or ``[B]``): the iterates can cross the ball more
+    than once, so the start matters little.
 
     ``random_start`` draws the start uniformly from the eps ball (:func:`lp_ball_noise`).
     ``restarts`` is the number of runs: each further run starts from a new random point, on the
@@ -128,13 +100,11 @@ def _pgd(model, inputs: torch.Tensor, labels: torch.Tensor, eps: float | torch.T
         raise ValueError(f"step_size must be > 0, got {step_size}")
     if loss not in _LOSSES:
         raise ValueError(f"loss must be one of {sorted(_LOSSES)}, got {loss!r}")
-    if not 0 <= l1_sparsity < 1:
-        raise ValueError(f"l1_sparsity must be in [0, 1), got {l1_sparsity}")
+    l1_k = l1_coordinates(l1_sparsity, math.prod(inputs.shape[1:]))
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True (deterministic restarts would repeat the first)")
     if run.batch_size == 0:
         return run.finish(inputs.clone())
-    l1_k = max(1, math.ceil(round((1 - l1_sparsity) * inputs[0].numel(), 6)))
     best = run.inputs.clone()
     todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
     for _ in range(restarts):

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..core import dual_exponent, get, lp_norm, parse_norm, with_role
+from ..core import dual_exponent, get, lp_norm, parse_norm, per_objective_gradients, with_role
+from ..core.objectives import logit_difference
 
 __all__ = ["RobustnessReport", "feasibility_bound", "minimal_norms", "rho_hat_1", "rho_hat_2", "robustness_measures",
            "smallest_fooling_eps"]
@@ -43,7 +44,8 @@ def feasibility_bound(model, inputs: torch.Tensor, *, norm: float | str = "inf",
     linearised margin can be driven to zero: ``min_{l != k} (f_k - f_l) / ||grad (f_k - f_l)||_q``.
 
     ``scores`` is ``"logits"`` or ``"probabilities"`` (softmax). Cost: one forward and K
-    backward passes per sample (the gradient of every class score). A zero gradient gives inf.
+    backward passes per sample (the gradient of every difference ``f_k - f_l``, in one call of
+    :func:`~minnorm.core.per_objective_gradients`). A zero gradient gives inf.
     """
     if scores not in ("logits", "probabilities"):
         raise ValueError(f"scores must be logits or probabilities, got {scores!r}")
@@ -58,17 +60,15 @@ def feasibility_bound(model, inputs: torch.Tensor, *, norm: float | str = "inf",
             if z.dim() != 2:
                 raise ValueError(f"model output must be logits [B, K], got shape {tuple(z.shape)}")
             f = z.softmax(1) if scores == "probabilities" else z
-            grads = torch.stack([torch.autograd.grad(f[:, c].sum(), x, retain_graph=c < f.shape[1] - 1)[0]
-                                 for c in range(f.shape[1])], 1)  # [b, K, *x]
-        f = f.detach()
-        k = f.argmax(1)
-        rows = torch.arange(len(k), device=k.device)
-        gaps = f[rows, k][:, None] - f  # [b, K]
-        diff = grads[rows, k].unsqueeze(1) - grads
-        gnorm = lp_norm(diff.flatten(0, 1), q).view_as(gaps)
+            k = f.detach().argmax(1)
+            every = torch.arange(f.shape[1], device=k.device).expand(len(k), -1)
+            gaps = -logit_difference(f, k, every)  # f_k - f_l, [b, K]
+            grads = per_objective_gradients(gaps, x)  # grad (f_k - f_l), [b, K, *x]
+        gaps = gaps.detach()
+        gnorm = lp_norm(grads.flatten(0, 1), q).view_as(gaps)
         ratio = torch.where(gnorm > 0, gaps / gnorm.clamp_min(torch.finfo(gaps.dtype).tiny),
                             torch.full_like(gaps, math.inf))
-        ratio[rows, k] = math.inf
+        ratio[torch.arange(len(k), device=k.device), k] = math.inf
         out.append(ratio.amin(1))
     return torch.cat(out) if out else inputs.new_zeros(0)
 
