@@ -11,21 +11,24 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..core import check_int, check_positive, clip_box, holder_direction, parse_norm, project_lp_ball
+from ..core import check_int, check_positive, clip_box, parse_norm
+from ..core.objectives import cross_entropy
+from ..core.steps import l1_coordinates, pgd_step
 
 __all__ = ["madry_pgd"]
 
 
 def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: float | str = "inf",
-              steps: int = 10, step_size: float | None = None, random_start: bool = True,
+              steps: int = 10, step_size: float | None = None, random_start: bool = True, l1_sparsity: float = 0.99,
               bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None) -> torch.Tensor:
     """``steps`` iterations of ``x_{t+1} = Proj_{B(x, eps) ∩ box}(x_t + step_size * d_t)`` with d_t the
     steepest-ascent direction of the cross-entropy on the unit lp ball (sign of the gradient for
     linf, Madry et al. Sec. 2.1), from a uniform random point of the ball. Returns the last iterate.
 
+    The step is the registered ``pgd-*`` attack's (:func:`minnorm.core.steps.pgd_step`), so for
+    l1 it is SLIDE's sparse direction on the top ``1 - l1_sparsity`` fraction of coordinates.
     ``step_size`` defaults to ``2.5 * eps / steps`` (Madry et al. use 0.01 with 40 steps at
     eps = 0.3 on MNIST, 2/255 with 7 steps at 8/255 on CIFAR-10). The caller sets the model's
     mode (see :func:`~minnorm.training.attack_mode`).
@@ -36,6 +39,7 @@ def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     eps = check_positive("eps", eps)
     steps = check_int("steps", steps)
     alpha = 2.5 * eps / steps if step_size is None else check_positive("step_size", step_size)
+    l1_k = l1_coordinates(l1_sparsity, math.prod(x.shape[1:]))
     x0 = x.detach()
     adv = x0.clone()
     if random_start and x0.shape[0]:
@@ -46,9 +50,7 @@ def madry_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     for _ in range(steps):
         with torch.enable_grad():
             adv.requires_grad_(True)
-            # summed, not averaged: each sample's step must not depend on the batch it sits in
-            loss = F.cross_entropy(model(adv), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
-        step = adv.detach() + alpha * holder_direction(grad, p) - x0
-        adv = clip_box(x0 + project_lp_ball(step, p, eps), bounds).detach()
+            # summed per-sample losses: each sample's step must not depend on the batch it sits in
+            (grad,) = torch.autograd.grad(cross_entropy(model(adv), y).sum(), adv)
+        adv = pgd_step(adv.detach(), x0, grad, p, eps, alpha, bounds, l1_k).detach()
     return adv
