@@ -6,10 +6,11 @@ sphere), so that all randomness of this family is drawn in one place, from ``run
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
-from ..core import batch_view, check_int, clip_box, rand_like, register, scale_to_norm, start_attack
+from ..core import AttackResult, batch_view, check_int, clip_box, rand_like, register, scale_to_norm, start_attack
 
 __all__ = ["random_noise"]
 
@@ -83,19 +84,30 @@ def random_noise(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: floa
     _check_p(run.norm)
     eps_t = per_sample_eps(eps, inputs)
     trials = check_int("trials", trials)
-    if run.batch_size == 0:
-        return run.finish(inputs.clone())
-    best = run.inputs.clone()
-    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
-    for _ in range(trials):
-        if todo.numel() == 0:
-            break
+
+    def draw(todo: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
         x = clip_box(run.inputs[todo] + lp_sphere_noise(run.inputs[todo], run.norm, eps_t[todo], run.generator),
                      run.bounds)
         with torch.no_grad():
             hit = run.is_adversarial(run.model(x, todo), todo)
         best[todo[hit]] = x[hit]
-        todo = todo[~hit]
+        return todo[~hit]
+    return first_success(run, trials, draw)
+
+
+def first_success(run, rounds: int, attempt: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> AttackResult:
+    """Up to ``rounds`` calls ``attempt(todo, best)``, each on the samples not fooled yet (those
+    misclassified already are returned as they are, at no cost): it writes the adversarial points
+    it finds into ``best`` and returns the indices still not fooled. Each sample keeps its first
+    adversarial point (the fixed-eps attacks' rule: any point of the ball that fools answers)."""
+    if run.batch_size == 0:
+        return run.finish(run.inputs.clone())
+    best = run.inputs.clone()
+    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
+    for _ in range(rounds):
+        if todo.numel() == 0:
+            break
+        todo = attempt(todo, best)
     return run.finish(best)
 
 

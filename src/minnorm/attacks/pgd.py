@@ -16,7 +16,7 @@ from ..core import check_int, clip_box, register, start_attack
 from ..core.objectives import cross_entropy_objective, margin_objective
 from ..core.steps import l1_coordinates, pgd_step
 from ..core.steps import sparse_l1_direction  # noqa: F401  (apgd.py imports it from here)
-from .noise import _check_p, lp_ball_noise, per_sample_eps
+from .noise import _check_p, first_success, lp_ball_noise, per_sample_eps
 
 __all__ = ["bim", "ifgsm", "pgd"]
 
@@ -103,15 +103,8 @@ def _pgd(model, inputs: torch.Tensor, labels: torch.Tensor, eps: float | torch.T
     l1_k = l1_coordinates(l1_sparsity, math.prod(inputs.shape[1:]))
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 needs random_start=True (deterministic restarts would repeat the first)")
-    if run.batch_size == 0:
-        return run.finish(inputs.clone())
-    best = run.inputs.clone()
-    todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
-    for _ in range(restarts):
-        if todo.numel() == 0:
-            break
-        todo = _run_restart(run, todo, eps_t, alpha, steps, _LOSSES[loss], random_start, l1_k, best)
-    return run.finish(best)
+    return first_success(run, restarts, lambda todo, best: _run_restart(run, todo, eps_t, alpha, steps, _LOSSES[loss],
+                                                                         random_start, l1_k, best))
 
 
 ifgsm = bim
