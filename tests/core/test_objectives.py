@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from minnorm.core import (cross_entropy, cross_entropy_objective, dlr, dlr_objective, is_adversarial, logit_difference,
-                          logit_margin, margin_objective)
+                          logit_margin, margin_objective, top_other_classes)
 
 F64 = torch.float64
 # row 0: label wins by 1; row 1: class 1 wins by 3; row 2: a tie between classes 0 and 1
@@ -47,6 +47,12 @@ def test_logit_difference_by_hand():
     classes = torch.tensor([[1, 2], [2, 1], [1, 0]])
     assert logit_difference(LOGITS, ZEROS, classes).tolist() == [[-1.0, -1.5], [1.0, 3.0], [0.0, 0.0]]
     assert logit_difference(LOGITS, torch.tensor([1, 1, 2]), classes[:, :1]).tolist() == [[0.0], [-2.0], [1.0]]
+
+
+def test_top_other_classes_by_hand():
+    assert top_other_classes(LOGITS, ZEROS, 2).tolist() == [[1, 2], [1, 2], [1, 2]]
+    assert top_other_classes(LOGITS, torch.tensor([1, 1, 1]), 9).tolist() == [[0, 2], [2, 0], [0, 2]]  # at most K - 1
+    assert top_other_classes(LOGITS, torch.tensor([2, 1, 0]), 1).tolist() == [[0], [2], [1]]  # a tie never picks the label
 
 
 def test_dlr_by_hand():

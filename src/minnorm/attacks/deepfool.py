@@ -10,7 +10,7 @@ import torch
 
 from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
 from ..core.boundary import check_box_mode, nearest_boundary_step
-from ..core.objectives import logit_difference
+from ..core.objectives import logit_difference, top_other_classes
 
 __all__ = ["deepfool"]
 
@@ -61,8 +61,7 @@ def deepfool(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
 
     x0, y = run.inputs, run.labels
     # Candidates come from the clean logits, label masked out so ties cannot pick it twice.
-    num = min(candidates, run.num_classes) - 1
-    cand = run.clean_logits.scatter(1, y[:, None], -math.inf).topk(num, dim=1).indices
+    cand = top_other_classes(run.clean_logits, y, candidates - 1)
     x_adv = x0.clone()
     iterations = torch.zeros(run.batch_size, dtype=torch.long, device=x0.device)
     active = ~run.is_adversarial(run.clean_logits)

@@ -8,7 +8,7 @@ from .linalg import power_iteration
 from .norms import (batch_view, clip_box, dual_exponent, holder_direction, lp_norm, min_step_to_hyperplane, norm_label,
                     norm_name, parse_norm, project_lp_ball, relative_perturbation, scale_to_norm)
 from .objectives import (cross_entropy, cross_entropy_objective, dlr, dlr_objective, logit_difference, logit_margin,
-                         margin_objective)
+                         margin_objective, top_other_classes)
 from .radius import EPS_ATOL, EPS_RTOL, broken_within, check_radius, parse_fraction, radius_limit, radius_text
 from .registry import AttackSpec, available, get, register, specs, with_role
 from .result import AttackResult
@@ -28,5 +28,5 @@ __all__ = [
     "margin_objective", "min_step_to_hyperplane", "nearest_boundary_step", "norm_label", "norm_name", "parse_fraction",
     "parse_norm", "per_objective_gradients", "pgd_step", "power_iteration", "project_lp_ball", "radius_limit",
     "radius_text", "rand_like", "register", "regula_falsi", "relative_perturbation", "scale_to_norm", "segment_points",
-    "sparse_l1_direction", "specs", "start_attack", "with_role",
+    "sparse_l1_direction", "specs", "start_attack", "top_other_classes", "with_role",
 ]

@@ -10,6 +10,8 @@ to per-sample values; the ``*_objective`` factories close over the classes and r
 - :func:`logit_difference`: ``f_l - f_y`` for given classes ``l`` (DeepFool, the convex
   attacks, FAB: one linearised boundary per class).
 - :func:`dlr`: the difference of logits ratio of Croce & Hein (2020) and its targeted form.
+
+:func:`top_other_classes` picks the classes whose boundaries the per-class attacks linearise.
 """
 from __future__ import annotations
 
@@ -64,6 +66,13 @@ def logit_difference(logits: torch.Tensor, labels: torch.Tensor, classes: torch.
     pieces of eq. (3) (negated) and FAB (Croce & Hein 2020, eq. (4)). ``-> [B, C]``; positive where
     class ``l`` beats ``y``."""
     return logits.gather(1, classes) - logits.gather(1, labels[:, None])
+
+
+def top_other_classes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` classes with the largest logits besides ``labels`` (at most ``K - 1``), in
+    decreasing order ``[B, k]``: the candidates DeepFool, FAB and the trust region linearise."""
+    k = min(k, logits.shape[1] - 1)
+    return logits.scatter(1, labels[:, None], -math.inf).topk(k, dim=1).indices
 
 
 def dlr(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False,
