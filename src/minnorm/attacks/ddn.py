@@ -11,6 +11,7 @@ from ..core import (
     batch_view,
     check_int,
     check_positive,
+    cross_entropy_objective,
     is_adversarial,
     lp_norm,
     project_lp_ball,
@@ -19,7 +20,6 @@ from ..core import (
     scale_to_norm,
     start_attack,
 )
-from .fgsm import loss_objective
 
 __all__ = ["ddn"]
 
@@ -83,7 +83,7 @@ def _search(run: AttackRun, x: torch.Tensor, y: torch.Tensor, index: torch.Tenso
             init_norm: float, alpha: float, levels: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loop of Algorithm 1 on the samples ``index``: (best adversarial or x, last iterate, found)."""
     lo, hi = run.bounds
-    objective = loss_objective(y, run.targeted)
+    objective = cross_entropy_objective(y, run.targeted)
     # Beyond the farthest corner of the box a larger sphere only clips back, so eps never needs
     # to exceed it; this keeps eps finite on samples that cannot be broken.
     worst = lp_norm(torch.maximum(x - lo, hi - x), 2)

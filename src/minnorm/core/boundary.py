@@ -15,6 +15,7 @@ import math
 import torch
 
 from .norms import dual_exponent, holder_direction, lp_norm, min_step_to_hyperplane, parse_norm
+from .steps import box_blocked
 
 
 BOX_MODES = ("none", "faces", "exact")
@@ -83,8 +84,7 @@ def _drop_blocked(margins: torch.Tensor, grads: torch.Tensor, x: torch.Tensor, b
     sign = torch.where(margins < 0, -1.0, 1.0).to(grads.dtype)
     up = grads * sign.view(*sign.shape, *([1] * (grads.dim() - 2)))
     xs = x.unsqueeze(1)
-    blocked = ((xs <= bounds[0]) & (up < 0)) | ((xs >= bounds[1]) & (up > 0))
-    return grads.masked_fill(blocked, 0)
+    return grads.masked_fill(box_blocked(xs, up, bounds), 0)
 
 
 def _boxed_steps(margins: torch.Tensor, grads: torch.Tensor, gnorm: torch.Tensor, p: float, pad: float,
