@@ -6,20 +6,24 @@ differentiated with respect to the batch ``x`` over one retained graph, by one o
 - ``"loop"``: m backward passes, one per objective (each of r rows).
 - ``"vmap"``: one vectorised backward call for all m objectives (``torch.autograd.grad(...,
   is_grads_batched=True)``, m * r rows at once).
-- ``"auto"`` (the default): the objectives in chunks of ``max(1, AUTO_ROWS // r)``, each chunk one
-  vectorised call, so a call never backpropagates more than ``AUTO_ROWS`` rows unless r alone is
-  more (then it is the loop).
+- ``"auto"`` (the default): the objectives in chunks of at most ``max(1, AUTO_ROWS // r)``, spread
+  evenly, each chunk one vectorised call, so a call never backpropagates more than ``AUTO_ROWS``
+  rows unless r alone is more (then it is the loop).
 
-All give the same gradients up to float rounding (bit for bit in most cases; benchmarks/RESULTS.md)
-and are charged the same ``m`` backward passes per sample: the model sees the same cotangents, only
-grouped differently. Why chunks: on one CPU thread vectorising pays only while the m * r rows are
-few (it saves m - 1 walks of the autograd graph), and costs once they are many (torch's batching
-rules run the convolution and max-pool backward slice by slice and then concatenate the slices,
-and the m-fold intermediates fall out of the cache). Measured side by side on the shipped models
-(benchmarks/per_class_gradient.py): the vectorised call is faster than the loop for the ``mlp`` at
-every batch size and for the ``cnn`` at batch 1, about as fast at 16 and much slower at 100; the
-threshold keeps the gain where there is one and the loop elsewhere. :func:`gradient_method` sets
-the method for a block of code (benchmarks, accelerators).
+All give the same gradients up to float rounding (bit for bit at batch 16 and 100 in the benchmark,
+within 2e-6 relative in the attacks' norms at batch 1) and are charged the same ``m`` backward
+passes per sample: the cotangents are the same, only grouped differently.
+
+Why chunks (benchmarks/per_class_gradient.py, benchmarks/RESULTS.md, one CPU thread): vectorising
+pays while the m * r rows are few, because it saves m - 1 walks of the autograd graph, and costs
+once they are many, because torch's batching rules run the convolution and max-pool backward slice
+by slice and then concatenate the slices, and the m-fold intermediates fall out of the cache. On
+the shipped ``cnn``, DeepFool and the convex attacks with 9 classes ran at 0.79-0.95 of the loop's
+time per image at batch 1 and 0.89-0.98 at 16 with ``"auto"``; at 100 ``"vmap"`` was 1.5-2x
+slower and ``"auto"`` (the loop there) equal. On the ``mlp``, ``"vmap"`` was faster at every batch
+(0.61-0.92); ``"auto"``, with its limit set for the cnn, keeps only part of that.
+:func:`gradient_method` sets the method for a block of code (benchmarks, an mlp, accelerators:
+not measured).
 """
 from __future__ import annotations
 
