@@ -214,6 +214,15 @@ def test_box_linear_step_matches_convex_solvers(p):
                                             torch.tensor([reach * 10], dtype=torch.float64),
                                             torch.tensor([0.05], dtype=torch.float64), p)[0].numpy()
         assert np.linalg.norm(capped, ord=p) == pytest.approx(0.05, rel=1e-9)
+        # no decrease asked: no step; out of the box's reach: the whole room (within the cap)
+        args = [torch.tensor(v)[None] for v in (w, lo, hi)]
+        none = tr_module._box_linear_step(*args, torch.tensor([-1.0], dtype=torch.float64),
+                                          torch.tensor([math.inf], dtype=torch.float64), p)[0].numpy()
+        assert (none == 0).all()
+        room = np.where(w > 0, hi, np.where(w < 0, lo, 0.0))
+        wide = tr_module._box_linear_step(*args, torch.tensor([2 * reach], dtype=torch.float64),
+                                          torch.tensor([math.inf], dtype=torch.float64), p)[0].numpy()
+        np.testing.assert_allclose(wide, room, rtol=1e-12, atol=1e-15)
 
 
 def test_bad_arguments():
