@@ -3,6 +3,7 @@ one eps (torchattacks' AutoAttack, version "standard": APGD-CE, APGD-T, FAB-T, S
 side by side in one process on the same images, one thread.
 
     python benchmarks/autoattack_cost.py --model cnn --n 20 --eps 0.03,0.1
+    python benchmarks/autoattack_cost.py --n 8 --eps 0.01 --stages '[[["tr-linf", {}], ["fmn-linf", {}]]]'
 
 For each eps: AutoAttack's wall time per image and robust accuracy, next to the robust accuracy
 the ensemble's norms give at that eps (``norm > eps``) and the ensemble's own time per image.
@@ -12,6 +13,7 @@ torchattacks``); nothing of it is used by minnorm.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--eps", default="0.03,0.1")
+    ap.add_argument("--stages", default=None, help="JSON stages for the ensemble instead of its defaults")
     args = ap.parse_args()
     import torchattacks
     torch.set_num_threads(1)
@@ -35,7 +38,8 @@ def main() -> None:
         keep = (model(x[:4 * args.n]).argmax(1) == y[:4 * args.n]).nonzero().flatten()[:args.n]
     x, y = x[keep], y[keep]
     t = time.perf_counter()
-    res = minnorm.attacks.get("ensemble-linf")(model, x, y, generator=torch.Generator().manual_seed(0))
+    extra = {} if args.stages is None else {"stages": json.loads(args.stages)}
+    res = minnorm.attacks.get("ensemble-linf")(model, x, y, generator=torch.Generator().manual_seed(0), **extra)
     ens_s = (time.perf_counter() - t) / len(y)
     norms = torch.where(res.success, res.norms.double(), torch.full_like(res.norms.double(), float("inf")))
     print(f"model {args.model}, {len(y)} correctly classified images of the embedded sample, 1 thread, torchattacks "
