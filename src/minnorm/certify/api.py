@@ -12,6 +12,7 @@ import torch
 from ..core.norms import lp_norm, parse_norm
 from ..core.validation import check_inputs, check_label_range
 from .bounds import certified_radius, margin_spec, propagate
+from .crown import backward_bounds, certified_radius_fast, make_plan
 from .graph import Graph, build_graph
 from .milp import encode, tighten
 from .solvers import solve
@@ -117,12 +118,16 @@ def verify_witness(model, x0: torch.Tensor, candidate: torch.Tensor, label: int,
 def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = "linf",
                 bounds: tuple[float, float] = (0.0, 1.0), upper: torch.Tensor | None = None,
                 adversarials: torch.Tensor | None = None, attack: str | list[str] | None = None,
-                rounds: int = 6) -> CertifyResult:
-    """Certified radius per sample by linear bound propagation (:mod:`.bounds`): no input in the
-    ``norm`` ball of radius ``lower`` (intersected with the box) changes the prediction.
+                rounds: int = 6, method: str = "auto", rel_tol: float = 0.05) -> CertifyResult:
+    """Certified radius per sample by linear bound propagation: no input in the ``norm`` ball of
+    radius ``lower`` (intersected with the box) changes the prediction.
 
-    ``upper``/``adversarials`` are an attack's norms and adversarials (the bisection's upper end,
-    and the witnesses); when omitted, ``attack`` (default :data:`DEFAULT_ATTACKS`) is run."""
+    ``method``: ``backward`` (:mod:`.crown`: CROWN back-substitution, float32 search proven in
+    float64, within ``rel_tol`` of its best radius; chains of conv/linear/ReLU/max-pool layers),
+    ``forward`` (:mod:`.bounds`: forward linear forms, every supported graph), or ``auto``
+    (backward where the graph allows it). ``upper``/``adversarials`` are an attack's norms and
+    adversarials (the search's upper end, and the witnesses); when omitted, ``attack`` (default
+    :data:`DEFAULT_ATTACKS`) is run. ``rounds``: propagations per sample at most."""
     start = time.perf_counter()
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
     b, n = inputs.shape[0], inputs[0].numel()
@@ -130,7 +135,16 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     wrong = (logits.argmax(1) != labels).cpu()
     high = torch.where(torch.isfinite(up), up, torch.full_like(up, _diameter(p, n, box)))
     x0 = inputs.detach().double().cpu()
-    lower = certified_radius(graph, x0, labels.cpu(), p, box, high.clamp_min(1e-12), rounds=rounds)
+    lower, used = None, "forward"
+    if method in ("auto", "backward"):
+        lower = certified_radius_fast(graph, x0, labels.cpu(), p, box, high.clamp_min(1e-12), rel_tol, max_rounds=rounds)
+        used = "backward"
+        if lower is None and method == "backward":
+            raise ValueError("method='backward' needs a chain of conv/linear/ReLU/max-pool layers; use 'forward'")
+    elif method != "forward":
+        raise ValueError(f"unknown method {method!r}; choose auto, backward or forward")
+    if lower is None:
+        lower, used = certified_radius(graph, x0, labels.cpu(), p, box, high.clamp_min(1e-12), rounds=rounds), "forward"
     witnesses, upper_out = _check_attack_witnesses(model, inputs, labels, advs, up, p, box)
     lower = torch.where(wrong, torch.zeros_like(lower), torch.minimum(lower, upper_out))
     upper_out = torch.where(wrong, torch.zeros_like(upper_out), upper_out)
@@ -140,7 +154,7 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     lower = torch.where(torch.tensor([s == "exact" for s in status]), upper_out, lower)
     per = (time.perf_counter() - start) / max(b, 1)
     return CertifyResult(lower, upper_out, status, torch.full((b,), per, dtype=torch.float64),
-                         witnesses, p, {"method": "linear bound propagation (CROWN relaxations, forward form)",
+                         witnesses, p, {"method": f"linear bound propagation (CROWN relaxations, {used})",
                                         "proven_lower": raw})
 
 
@@ -174,7 +188,8 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
     b, n = inputs.shape[0], inputs[0].numel()
     up, advs = _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attack)
-    cert = lower_bound(model, inputs, labels, norm=p, bounds=box, upper=up, adversarials=advs)
+    # a tight certified radius closes easy samples (e.g. affine classifiers) without a solver
+    cert = lower_bound(model, inputs, labels, norm=p, bounds=box, upper=up, adversarials=advs, rounds=12, rel_tol=1e-5)
     lower, upper_out, witnesses = cert.lower.clone(), cert.upper.clone(), cert.witnesses.clone()
     status, seconds = list(cert.status), cert.seconds.clone()
     info = {"targets_solved": [0] * b, "proven_lower": list(cert.info["proven_lower"]), "method": "MILP"}
@@ -207,8 +222,12 @@ def _solve_sample(model, graph, x, label, p, box, cutoff, clean_logits, adv, tim
     start = time.perf_counter()
     x0 = x.detach().double().cpu()[None]
     k = graph.forward(x0)[-1].shape[1]
-    res = propagate(graph, x0, torch.tensor([cutoff], dtype=torch.float64), p, box,
-                    margin_spec(torch.tensor([label]), k))
+    spec = margin_spec(torch.tensor([label]), k)
+    plan = make_plan(graph, tuple(x0.shape[1:]), torch.float64)
+    if plan is not None:  # back-substitution: tighter neuron bounds, fewer binaries
+        res, _ = backward_bounds(plan, x0, torch.tensor([cutoff], dtype=torch.float64), p, box, spec)
+    else:
+        res = propagate(graph, x0, torch.tensor([cutoff], dtype=torch.float64), p, box, spec)
     with torch.no_grad():
         score = (model(adv[None]) if adv is not None else clean_logits[None]).double().cpu()[0]
     reachable = [j for j in range(k) if j != label and float(res.spec_lower[0, j]) <= 0]

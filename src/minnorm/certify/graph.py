@@ -130,12 +130,12 @@ def _make_op(node: fx.Node, modules: dict[str, nn.Module], index: dict[str, int]
             return Op("add", inputs, node.name)
         const = next(a for a in node.args if not isinstance(a, fx.Node))
         if isinstance(const, (int, float)):
-            return Op("affine", inputs, node.name, fn=lambda t, c=const: t + c)
+            return Op("affine", inputs, node.name, fn=lambda t, c=const: t + c, extra={"elementwise": True})
     if node.op in ("call_function", "call_method") and target in _FLATTENS and len(inputs) == 1:
         args = tuple(node.args[1:])
         start = args[0] if args else node.kwargs.get("start_dim", 0)
         if start == 1 and len(args) <= 1:
-            return Op("affine", inputs, node.name, fn=lambda t: torch.flatten(t, 1))
+            return Op("affine", inputs, node.name, fn=lambda t: torch.flatten(t, 1), extra={"flatten": True})
     if node.op == "call_function" and target in (F.relu, torch.relu) and len(inputs) == 1:
         return Op("relu", inputs, node.name, fn=torch.relu, slope=0.0)
     raise ValueError(f"operation {node.name} ({label}) is not supported by certification; supported: Linear, "
