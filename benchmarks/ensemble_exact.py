@@ -3,9 +3,9 @@
     python benchmarks/ensemble_exact.py --norm linf --n 100
     python benchmarks/ensemble_exact.py --norm linf --attacks ensemble-linf 'fmn-linf:{"targets": 9}'
 
-Reference: the exact minima of ``minnorm.certify.exact`` cached in
-``benchmarks/out/certify-mlp-tiny-NORM-final.json`` (``benchmarks/certify_physical_limit.py``; first
-100 Fashion-MNIST test images). Only images proven ``exact`` there are scored. Where the cache has
+Reference: the exact minima of ``minnorm.certify.exact`` cached in ``benchmarks/exact-mlp-tiny.json``
+(per norm: status, lower, upper and the best attack norm of ``benchmarks/certify_physical_limit.py``
+on the first 100 Fashion-MNIST test images, 10 for L2). Only images proven ``exact`` there are scored. Where the cache has
 fewer images than ``--n`` or an image is a bracket (L2: 10 images, 7 exact), the reference is the
 best-known norm over every attack of this run and the cache's attacks, and the table says how many
 images are scored against which. One thread; every attack with ``generator`` seeded 0 and its
@@ -24,20 +24,20 @@ import torch
 import minnorm
 import minnorm.data
 
-OUT = Path(__file__).parent / "out"
+CACHE = Path(__file__).parent / "exact-mlp-tiny.json"  # from benchmarks/out/certify-mlp-tiny-*-final.json
 DEFAULT = {"linf": ["ensemble-linf", "lra-linf", "fmn-linf", "apgd-linf", "fab-linf", "tr-linf", "deepfool-linf"],
            "l1": ["ensemble-l1", "lra-l1", "fmn-l1", "apgd-l1", "fab-l1", "convex-min-l1"],
            "l2": ["ensemble-l2", "lra-l2", "fmn-l2", "apgd-l2", "fab-l2", "ddn", "tr-l2", "deepfool-l2"]}
 
 
 def reference(norm: str, n: int) -> tuple[list[float], list[str], list[float]]:
-    """Exact minima (``inf`` where not proven) and statuses for the first ``n`` images."""
-    path = OUT / f"certify-mlp-tiny-{norm}-final.json"
-    data = json.loads(path.read_text()) if path.exists() else {"status": [], "upper": []}
-    status = (data["status"] + ["none"] * n)[:n]
-    exact = [float(u) if s == "exact" else math.inf for s, u in zip(status, (data["upper"] + [None] * n)[:n])]
-    cached = [min((a["norms"][i] or math.inf) for a in data.get("attacks", {}).values()) if i < len(data["status"])
-              else math.inf for i in range(n)]
+    """Exact minima (``inf`` where not proven), statuses and the certify run's best attack norm
+    for the first ``n`` images, from :data:`CACHE`."""
+    data = json.loads(CACHE.read_text()).get(norm, {"status": [], "upper": [], "best_attack": []})
+    pad = lambda v, fill: (list(v) + [fill] * n)[:n]  # noqa: E731
+    status = pad(data["status"], "none")
+    exact = [float(u) if s == "exact" else math.inf for s, u in zip(status, pad(data["upper"], None))]
+    cached = [math.inf if v is None else float(v) for v in pad(data["best_attack"], None)]
     return exact, status, cached
 
 
