@@ -43,6 +43,7 @@ from ..core import (
     start_attack,
 )
 from ..core.norms import holder_step_in_box, min_step_to_hyperplane
+from ..core.objectives import logit_difference, logit_margin, top_other_classes
 from ..core.segment import regula_falsi
 from ._minimal import random_in_ball
 from ._trsub import lanczos
@@ -159,10 +160,9 @@ class _Margin:
 
 
 def _adv_gap(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, towards: torch.Tensor) -> torch.Tensor:
-    """Logit gap by which a point is adversarial (> 0) or not: away from y, or towards ``target``."""
-    away = logits.scatter(1, y[:, None], -math.inf).amax(1) - logits.gather(1, y[:, None])[:, 0]
-    to = logits.gather(1, target[:, None])[:, 0] - logits.scatter(1, target[:, None], -math.inf).amax(1)
-    return torch.where(towards, to, away)
+    """Logit gap by which a point is adversarial (> 0) or not: away from y, or towards ``target``
+    (:func:`~minnorm.core.objectives.logit_margin`)."""
+    return torch.where(towards, logit_margin(logits, target, True), logit_margin(logits, y, False))
 
 
 @dataclass
@@ -305,8 +305,8 @@ def _select(s: _State, idx: torch.Tensor):
         xr = s.points(idx).detach().requires_grad_(True)
         z = run.model(xr, s.sample[idx])
         zd, yi = z.detach(), s.y[idx]
-        cand = zd.scatter(1, yi[:, None], -math.inf).topk(k, dim=1).indices
-        diff = z.gather(1, yi[:, None]) - z.gather(1, cand)
+        cand = top_other_classes(zd, yi, k)
+        diff = -logit_difference(z, yi, cand)          # z_y - z_j
         grads = per_objective_gradients(diff, xr).flatten(2)
     run.model.charge(s.sample[idx], backward=k)
     gap = diff.detach()
