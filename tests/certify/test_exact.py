@@ -213,3 +213,18 @@ def test_misclassified_and_result_fields():
     assert res.lower.shape == res.upper.shape == res.seconds.shape == (3,)
     assert res.witnesses.shape == x.shape and res.witnesses.dtype == x.dtype
     assert bool(res.proven.all())
+
+
+def test_witness_on_box_faces_is_pushed_by_the_gradient():
+    """An L1 witness whose moved pixels sit on the box's face and that ties the two logits cannot
+    be pushed along the segment from x0 (the box clamps it back); the gradient push moves a free
+    pixel instead, at a relative cost far below 1e-4 (the L1 image 72 of docs/certify.md)."""
+    net = nn.Linear(4, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.5, 0.5]]))
+        net.bias.copy_(torch.tensor([0.0, -2.5]))
+    x0 = torch.full((4,), 0.5)
+    cand = torch.tensor([1.0, 1.0, 0.5, 0.5])  # logits tie exactly: 0 and 1 + 1 + 0.25 + 0.25 - 2.5
+    w, nrm = certify.verify_witness(net, x0, cand, 0, 1.0, (0.0, 1.0))
+    assert w is not None and int(net(w[None]).argmax(1)) == 1
+    assert 1.0 < nrm <= 1.0 + 1e-4
