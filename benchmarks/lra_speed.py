@@ -60,11 +60,11 @@ def main() -> None:
     ap.add_argument("--model", default="cnn")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--regions", type=int, default=10)
-    ap.add_argument("--qp-steps", type=int, default=300)
     ap.add_argument("--starts", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--new-options", default="", help="extra keyword arguments of the new attack, k=v,k=v")
+    ap.add_argument("--old-options", default="", help="extra keyword arguments of the old attack, k=v,k=v")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_shipped(args.model).eval()
@@ -72,10 +72,11 @@ def main() -> None:
     with torch.no_grad():
         ok = model(x[:4 * args.images]).argmax(1) == y[:4 * args.images]
     x, y = x[:4 * args.images][ok][:args.images], y[:4 * args.images][ok][:args.images]
-    kw = dict(regions=args.regions, qp_steps=args.qp_steps, starts=args.starts)
+    kw = dict(regions=args.regions, starts=args.starts)  # everything else: each version's own defaults
     extra = {k: eval(v) for k, v in (o.split("=") for o in args.new_options.split(",") if o)}
+    extra_old = {k: eval(v) for k, v in (o.split("=") for o in args.old_options.split(",") if o)}
     old = old_attack()
-    fns = {"old": lambda a, b, **k: old(model, a, b, generator=torch.Generator().manual_seed(0), **k),
+    fns = {"old": lambda a, b, **k: old(model, a, b, generator=torch.Generator().manual_seed(0), **k, **extra_old),
            "new": lambda a, b, **k: linear_region_attack(model, a, b, generator=torch.Generator().manual_seed(0),
                                                          **k, **extra)}
     seconds = {"old": 0.0, "new": 0.0}
@@ -85,7 +86,8 @@ def main() -> None:
             results[name], t = timed(fns[name], x, y, kw)
             seconds[name] += t
     rate = {k: results[k].info["regions_solved"].sum().item() * args.rounds / seconds[k] / len(x) for k in fns}
-    print(f"model {args.model}, {len(x)} images, settings {kw}, new options {extra}, {args.threads} thread(s), "
+    print(f"model {args.model}, {len(x)} images, settings {kw}, old options {extra_old}, new options {extra}, "
+          f"{args.threads} thread(s), "
           f"{args.rounds} alternating rounds each")
     for k in fns:
         print(f"{k}: {seconds[k] / args.rounds:.1f} CPU s per run, regions solved per image "
@@ -98,6 +100,9 @@ def main() -> None:
     print(f"equal results: same regions solved and cache hits per image {same_regions}; max |norm old - new| "
           f"{diff:.2e} ({'<=' if diff <= 1e-4 else '>'} 1e-4); median L2 old {a.norms.median():.4f} "
           f"new {b.norms.median():.4f}; new <= old on {int((b.norms <= a.norms + 1e-6).sum())}/{len(x)} images")
+    ratio = (b.norms / a.norms)[a.norms > 0]
+    print(f"per-image norm ratio new/old: median {ratio.median():.4f}, min {ratio.min():.4f}, max {ratio.max():.4f}; "
+          f"geometric mean {ratio.log().mean().exp():.4f}")
     problems = b.info["regions_solved"].sum().item() * 2  # the default classes=2: two QPs per region
     print(f"early rejection (dual bound >= incumbent): {b.info['qp_pruned'].sum().item()} of {problems} QPs "
           f"({b.info['qp_pruned'].sum().item() / max(problems, 1):.0%}); dual steps per image "

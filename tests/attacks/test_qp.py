@@ -124,3 +124,43 @@ def test_ray_search_is_exact():
     # a box that stops the ray before the constraint holds: infeasible
     _, ok = ray_search(d, ad, b, torch.full_like(d, -0.8), torch.full_like(d, 0.8))
     assert not bool(ok[0])
+
+
+@pytest.mark.parametrize("step_scale", [8.0, 1000.0])
+def test_long_first_steps_still_match_scipy(step_scale):
+    # a first step far beyond 2 / L diverges unless the halving on every drop of the dual brings it back
+    for seed in (0, 5):
+        a, b, lower, upper = random_instance(seed)
+        sol = solve_qp(DenseOperator(a), b, lower, upper, steps=5000, tol=1e-8, line_tol=1e-7, step_scale=step_scale)
+        check_against_reference(a, b, lower, upper, sol)
+
+
+def test_long_first_steps_and_the_stop_test_on_a_real_region():
+    model = tiny_mlp(dtype=torch.float64, hidden=8)
+    x = tiny_inputs(3, dtype=torch.float64)
+    y = tiny_inputs(3, seed=7, dtype=torch.float64)
+    with PiecewiseAffine(model) as net:
+        logits, region = net.capture(y)
+        label = model(x).argmax(1)
+        other = logits.scatter(1, label[:, None], -torch.inf).argmax(1)
+        eye = torch.eye(logits.shape[1], dtype=x.dtype)
+        op = RegionOperator(net, region, y, x, (eye[other] - eye[label])[:, None])
+        b = op.offsets()
+        scale = block_scales(op, op.sizes, x, torch.Generator().manual_seed(0))
+        runs = [solve_qp(ScaledOperator(op, scale), b * scale, -x, 1 - x, steps=20000, tol=1e-6, step_scale=s)
+                for s in (1.0, 8.0)]
+    # the scale-aware stop test fires well before the cap, at the same optimum for either first step
+    assert all(bool((r.iterations < 1000).all()) for r in runs)
+    torch.testing.assert_close(runs[1].dual, runs[0].dual, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("c", [1e-6, 1e3])
+def test_stop_test_is_scale_aware(c):
+    # scaling the whole problem by c scales the solution by c and must not change when the solver stops
+    # (an absolute feasibility tolerance stops a tiny problem at once, far from its optimum)
+    a, b, lower, upper = random_instance(6)
+    one = solve_qp(DenseOperator(a), b, lower, upper, steps=5000, tol=1e-6)
+    scaled = solve_qp(DenseOperator(a), c * b, c * lower, c * upper, steps=5000, tol=1e-6)
+    assert bool((one.iterations < 5000).all())
+    assert (scaled.iterations - one.iterations).abs().max() <= 2
+    torch.testing.assert_close(scaled.delta / c, one.delta, rtol=1e-5, atol=1e-8)

@@ -31,13 +31,13 @@ _OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
 
 
 def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
-                         norm: float | str = 2, regions: int = 100, qp_steps: int = 300, classes: int = 2, starts: int = 3,
-                         q: float = 0.8, gamma: float = 6.0, power_iterations: int = 20, precondition_rows: int = 10,
+                         norm: float | str = 2, regions: int = 100, qp_steps: int = 60, classes: int = 2, starts: int = 3,
+                         q: float = 0.8, gamma: float = 6.0, power_iterations: int = 8, precondition_rows: int = 10,
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
                          init: str | torch.Tensor = "deepfool", init_steps: int = 100,
                          starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                         warm_start: bool = False, progress: bool = False) -> AttackResult:
+                         warm_start: bool = False, step_scale: float = 8.0, progress: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
     batched over images.
 
@@ -60,7 +60,12 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     ``qp_steps`` primal-dual steps (:mod:`._lp`); either stops early once its dual bound shows the
     region cannot beat the image's best norm (``warm_start``: multipliers carried over from the
     chain's previous region). Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
-    normalised and scaled by ``decision_scale`` (Sec. 4.2). A solution is accepted only after a
+    normalised and scaled by ``decision_scale`` (Sec. 4.2). ``step_scale`` (L2 only): the QP's first
+    step is ``step_scale`` times the safe ``1 / (1.1 ||A||^2)``, halves at every drop of the dual and
+    grows back after 10 steps without one (:func:`._qp.solve_qp`). Defaults (issue 15, measured in
+    benchmarks/lra_qp.py and lra_speed.py on the shipped CNNs): 60 such steps and 8 power iterations;
+    more accurate QPs do not make the attack stronger (see docs/linear-region.md), the solver before
+    was ``step_scale=1, qp_steps=300, power_iterations=20``. A solution is accepted only after a
     forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
 
     ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
@@ -75,6 +80,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     check_positive("gamma", gamma)
     check_positive("decision_scale", decision_scale)
     check_positive("qp_tol", qp_tol)
+    if not float(step_scale) >= 1:
+        raise ValueError(f"step_scale must be >= 1, got {step_scale}")
     if isinstance(init, torch.Tensor):
         if init.shape != inputs.shape:
             raise ValueError(f"init as a tensor must have the inputs' shape {tuple(inputs.shape)}, got {tuple(init.shape)}")
@@ -94,6 +101,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
             steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
             rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
             warm_start=bool(warm_start))
+        if p == 2:
+            search.qp["step_scale"] = float(step_scale)
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
         adv = x0.clone()
         if todo.numel():
