@@ -8,7 +8,6 @@ import math
 
 import torch
 
-Norm = float  # 1.0, 2.0, ..., math.inf
 
 
 def parse_norm(p: float | int | str) -> float:
