@@ -9,7 +9,6 @@ import math
 import torch
 
 
-
 def parse_norm(p: float | int | str) -> float:
     """Accept 1, 2, 'inf', 'linf', 'l2', float('inf'), any p >= 1."""
     if isinstance(p, str):
