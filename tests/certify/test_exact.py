@@ -228,3 +228,15 @@ def test_witness_on_box_faces_is_pushed_by_the_gradient():
     w, nrm = certify.verify_witness(net, x0, cand, 0, 1.0, (0.0, 1.0))
     assert w is not None and int(net(w[None]).argmax(1)) == 1
     assert 1.0 < nrm <= 1.0 + 1e-4
+
+
+def test_qp_branch_and_bound_matches_scip_on_l2():
+    """The experimental L2 branch and bound over ReLU phases (HiGHS QPs at the nodes) gives SCIP's
+    minima on the 2-D net."""
+    net = _net2d()
+    x = torch.tensor([[0.3, 0.6], [0.7, 0.2], [0.55, 0.5]], dtype=torch.float64)
+    y = net(x).argmax(1)
+    a = certify.exact(net, x, y, norm=2, upper=torch.ones(3), time_limit=30, solver="scip")
+    b = certify.exact(net, x, y, norm=2, upper=torch.ones(3), time_limit=30, solver="qp-bnb")
+    assert a.status == b.status == ["exact"] * 3
+    torch.testing.assert_close(a.upper, b.upper, rtol=1e-4, atol=1e-7)

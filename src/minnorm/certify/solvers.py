@@ -17,7 +17,7 @@ import numpy as np
 
 from .milp import Problem
 
-__all__ = ["Solution", "solve", "solve_highs", "solve_scip"]
+__all__ = ["Solution", "solve", "solve_highs", "solve_qp_bnb", "solve_scip"]
 
 REL_GAP = 1e-7
 ABS_GAP = 1e-9
@@ -47,7 +47,11 @@ def solve(problem: Problem, time_limit: float, solver: str = "auto") -> Solution
         return solve_highs(problem, time_limit)
     if solver == "scip":
         return solve_scip(problem, time_limit)
-    raise ValueError(f"unknown solver {solver!r}; choose highs, scip or auto")
+    if solver == "qp-bnb":
+        if not problem.quadratic:
+            raise ValueError("solver='qp-bnb' is the L2 branch and bound; use highs or scip for Linf/L1")
+        return solve_qp_bnb(problem, time_limit)
+    raise ValueError(f"unknown solver {solver!r}; choose highs, scip, qp-bnb or auto")
 
 
 def _finite(v: np.ndarray, inf: float) -> np.ndarray:
@@ -216,3 +220,83 @@ def _rows(expr, lo: float, hi: float) -> list:
     if not math.isinf(hi):
         out.append(expr <= hi)
     return out
+
+
+def solve_qp_bnb(problem: Problem, time_limit: float) -> Solution:
+    """The L2 program by branch and bound over its binaries (ReLU phases, max-pool choices) whose
+    nodes are convex QPs: the binaries fixed so far as bounds, the rest relaxed to [0, 1] (the
+    big-M triangle), solved by HiGHS's QP solver (Huangfu and Hall 2018). Depth first, branching
+    on the most fractional binary, pruning nodes whose QP is not below the incumbent (the
+    attack's cutoff at the start) by the relative gap ``QUAD_REL_GAP``. The objective is the
+    squared norm, scaled by ``1 / cutoff^2`` as in :func:`solve_scip`."""
+    import highspy
+
+    start = time.perf_counter()
+    h = _highs(problem, time_limit, relax=True)
+    scale = 1.0 / max(problem.info.get("cutoff", 1.0), 1e-12) ** 2
+    ncol = problem.A.shape[1]
+    diag = np.zeros(ncol)
+    diag[problem.x] = 2 * scale
+    cols = np.arange(ncol, dtype=np.int32)
+    h.passHessian(ncol, ncol, highspy.HessianFormat.kTriangular, np.arange(ncol + 1, dtype=np.int32), cols, diag)
+    cost = np.zeros(ncol)
+    cost[problem.x] = -2 * scale * problem.x0
+    h.changeColsCost(ncol, cols, cost)
+    offset = scale * float(problem.x0 @ problem.x0)
+    h.setOptionValue("qp_nullspace_limit", ncol + 1)  # the default (4000) stops wide QPs with an error
+    ints = np.flatnonzero(problem.integer).astype(np.int32)
+    lb0, ub0 = problem.lb[ints].copy(), problem.ub[ints].copy()
+    incumbent, best_x, floor = 1.0, None, math.inf  # scaled squared cutoff; the bound of pruned-by-gap nodes
+    stack = [(lb0, ub0, 0.0)]
+    while stack:
+        if time.perf_counter() - start > time_limit:
+            floor = min([floor] + [b for _, _, b in stack])
+            break
+        lb, ub, parent = stack.pop()
+        try:
+            val, x = _qp_node(h, ints, lb, ub, offset, max(time_limit - (time.perf_counter() - start), 0.01))
+        except RuntimeError:  # unresolved (time limit, solver error): the node keeps its parent's bound
+            stack.append((lb, ub, parent))
+            floor = min([floor] + [b for _, _, b in stack])
+            break
+        if x is None or val >= incumbent:
+            continue
+        if val * (1 + QUAD_REL_GAP) >= incumbent:
+            floor = min(floor, val)
+            continue
+        frac = np.abs(x[ints] - np.round(x[ints]))
+        k = int(frac.argmax())
+        if frac[k] <= 1e-6:
+            incumbent, best_x = val, x
+            continue
+        for v in ((1.0, 0.0) if x[ints[k]] < 0.5 else (0.0, 1.0)):  # the nearer side is explored first
+            lo2, up2 = lb.copy(), ub.copy()
+            lo2[k] = up2[k] = v
+            stack.append((lo2, up2, val))
+    seconds = time.perf_counter() - start
+    bound = min(floor, incumbent)
+    if best_x is None:
+        done = not stack and math.isinf(floor)
+        return Solution("infeasible" if done else "limit", None, math.inf, math.inf if done else bound / scale, seconds)
+    status = "optimal" if not stack else "limit"
+    return Solution(status, best_x, incumbent / scale, min(bound, incumbent) / scale, seconds)
+
+
+def _qp_node(h, ints, lb, ub, offset, time_limit):
+    """One node's QP: ``(objective padded down by the tolerance, solution)`` or ``(inf, None)``."""
+    import highspy
+
+    h.changeColsBounds(len(ints), ints, lb, ub)
+    h.setOptionValue("time_limit", time_limit)
+    h.run()
+    status = h.getModelStatus()
+    if status not in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kInfeasible):
+        h.clearSolver()  # HiGHS's QP solver sometimes fails from a warm start: once more, cold
+        h.run()
+        status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return math.inf, None
+    if status != highspy.HighsModelStatus.kOptimal:
+        raise RuntimeError(f"HiGHS QP: {h.modelStatusToString(status)}")
+    val = h.getInfo().objective_function_value + offset
+    return val - 1e-7 * (1 + abs(val)), np.asarray(h.getSolution().col_value)
