@@ -37,7 +37,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          init: str | torch.Tensor = "deepfool", init_steps: int = 100,
                          starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                         warm_start: bool = False, step_scale: float = 8.0, progress: bool = False) -> AttackResult:
+                         warm_start: bool = False, step_scale: float = 1.0, progress: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
     batched over images.
 
@@ -62,10 +62,10 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     chain's previous region). Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
     normalised and scaled by ``decision_scale`` (Sec. 4.2). ``step_scale`` (L2 only): the QP's first
     step is ``step_scale`` times the safe ``1 / (1.1 ||A||^2)``, halves at every drop of the dual and
-    grows back after 10 steps without one (:func:`._qp.solve_qp`). Defaults (issue 15, measured in
-    benchmarks/lra_qp.py and lra_speed.py on the shipped CNNs): 60 such steps and 8 power iterations;
-    more accurate QPs do not make the attack stronger (see docs/linear-region.md), the solver before
-    was ``step_scale=1, qp_steps=300, power_iterations=20``. A solution is accepted only after a
+    grows back after 10 steps without one (:func:`._qp.solve_qp`): more accurate QPs per step (about
+    the accuracy of 300 plain steps in 120, benchmarks/lra_qp.py), but on the shipped CNNs more
+    accurate QPs did not make the attack stronger, so the default stays 1. Defaults since issue 15:
+    ``qp_steps=60``, ``power_iterations=8`` (before: 300 and 20; see docs/linear-region.md). A solution is accepted only after a
     forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
 
     ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
