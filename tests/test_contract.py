@@ -461,7 +461,7 @@ def toy_line_search(model, inputs: torch.Tensor, labels: torch.Tensor, *, target
                     generator: torch.Generator | None = None) -> AttackResult:
     """Toy minimal L2 attack: growing steps along the normalised cross-entropy gradient, keeping
     the first (smallest) adversarial. ``flaw`` plants one contract violation for the self-tests."""
-    from minnorm.attacks.fgsm import loss_objective
+    from minnorm.core import cross_entropy_objective
     from minnorm.core import scale_to_norm, start_attack
 
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=2, generator=generator)
@@ -474,7 +474,7 @@ def toy_line_search(model, inputs: torch.Tensor, labels: torch.Tensor, *, target
     best = x.clone()
     done = run.is_adversarial(run.clean_logits)
     todo = torch.arange(run.batch_size) if flaw == "no-early-stop" else (~done).nonzero().squeeze(1)
-    _, _, grad = run.model.value_and_grad(x[todo], loss_objective(run.labels[todo], targeted), todo)
+    _, _, grad = run.model.value_and_grad(x[todo], cross_entropy_objective(run.labels[todo], targeted), todo)
     if flaw == "global-rng":
         grad = grad + 1e-3 * torch.randn_like(grad)
     radius = torch.full((todo.shape[0],), 0.02, dtype=x.dtype)

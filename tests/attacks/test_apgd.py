@@ -11,7 +11,7 @@ from affine_oracle import affine_model, inputs, untargeted_minimum
 from helpers import tiny_inputs, tiny_mlp, true_labels
 
 from minnorm.attacks import apgd
-from minnorm.attacks._minimal import dlr_objective
+from minnorm.core.objectives import dlr_objective
 from minnorm.attacks.apgd import apgd_checkpoints
 
 NORMS = [1.0, 2.0, math.inf]

@@ -38,34 +38,6 @@ def safe_grad(grad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(batch_view(bad, grad), noise, torch.nan_to_num(grad))
 
 
-def dlr_objective(labels: torch.Tensor, targeted: bool, targets: torch.Tensor | None = None):
-    """Difference of logits ratio to *ascend* (Croce & Hein, ICML 2020, Sec. 3.2, eqs. (6)-(7)).
-
-    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)``. Towards a class ``t`` (APGD-T, or
-    a targeted attack, where ``labels`` are the targets and the competitor is the strongest other
-    class): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. Shift and scale invariant in the
-    logits; ``pi`` sorts the logits in decreasing order. With fewer than 3 (4) classes the
-    smallest logit stands in for the missing ones.
-    """
-    def objective(logits: torch.Tensor) -> torch.Tensor:
-        srt = logits.sort(dim=1, descending=True).values
-        k = srt.shape[1]
-        z3 = srt[:, min(2, k - 1)]
-        if targeted or targets is not None:
-            t = labels if targeted else targets
-            z_t = logits.gather(1, t[:, None]).squeeze(1)
-            if targeted:
-                z_y = logits.scatter(1, t[:, None], -math.inf).amax(1)
-            else:
-                z_y = logits.gather(1, labels[:, None]).squeeze(1)
-            z4 = srt[:, min(3, k - 1)]
-            return -(z_y - z_t) / (srt[:, 0] - (z3 + z4) / 2 + 1e-12)
-        z_y = logits.gather(1, labels[:, None]).squeeze(1)
-        other = logits.scatter(1, labels[:, None], -math.inf).amax(1)
-        return -(z_y - other) / (srt[:, 0] - z3 + 1e-12)
-    return objective
-
-
 def random_in_ball(x: torch.Tensor, p: float, radius: torch.Tensor, generator: torch.Generator,
                    bounds: tuple[float, float]) -> torch.Tensor:
     """``x`` plus a random perturbation of lp norm ``radius`` (per sample), clipped to the box:
@@ -76,12 +48,6 @@ def random_in_ball(x: torch.Tensor, p: float, radius: torch.Tensor, generator: t
     elif p == 1:
         d = d ** 3
     return (x + scale_to_norm(d, p, radius)).clamp(*bounds)
-
-
-def top_other_classes(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` classes with the largest logits besides the label, in decreasing order ``[B, k]``."""
-    k = min(k, logits.shape[1] - 1)
-    return logits.scatter(1, labels[:, None], -math.inf).topk(k, dim=1).indices
 
 
 def refine_on_segment(run, tracker: BestAdversarial, index: torch.Tensor, steps: int) -> None:

@@ -10,9 +10,9 @@ import torch
 from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box, project_l2_box
-from ._minimal import start_tracking, dlr_objective, refine_on_segment, safe_grad, top_other_classes
-from .fgsm import loss_objective
-from .pgd import margin_objective, sparse_l1_direction
+from ..core.objectives import cross_entropy_objective, dlr_objective, logit_difference, margin_objective, top_other_classes
+from ..core.steps import sparse_l1_direction
+from ._minimal import refine_on_segment, safe_grad, start_tracking
 
 __all__ = ["apgd", "apgd_checkpoints"]
 
@@ -93,7 +93,7 @@ def _loss(kind: str, labels: torch.Tensor, targeted: bool, targets: torch.Tensor
     def make(rows: torch.Tensor, first: torch.Tensor):
         y = labels[rows]
         if kind == "ce":
-            main = loss_objective(y, targeted)
+            main = cross_entropy_objective(y, targeted)
         else:
             main = dlr_objective(y, targeted, None if targets is None else targets[rows])
         margin = margin_objective(y, targeted) if targets is None else _towards(y, targets[rows])
@@ -105,7 +105,7 @@ def _loss(kind: str, labels: torch.Tensor, targeted: bool, targets: torch.Tensor
 
 
 def _towards(labels: torch.Tensor, targets: torch.Tensor):
-    return lambda z: z.gather(1, targets[:, None]).squeeze(1) - z.gather(1, labels[:, None]).squeeze(1)
+    return lambda z: logit_difference(z, labels, targets[:, None])[:, 0]
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,11 @@ import math
 
 import torch
 
-from ..core import (AttackResult, BestAdversarial, batch_view, check_int, check_positive, dual_exponent, lp_norm, register,
-                    start_attack)
+from ..core import (AttackResult, BestAdversarial, batch_view, check_int, check_positive, dual_exponent, lp_norm,
+                    per_objective_gradients, register, start_attack)
 from ..core.norms import min_step_to_hyperplane
-from ._minimal import start_tracking, random_in_ball, refine_on_segment, top_other_classes
+from ..core.objectives import logit_difference, logit_margin, top_other_classes
+from ._minimal import random_in_ball, refine_on_segment, start_tracking
 
 __all__ = ["fab"]
 
@@ -100,18 +101,15 @@ def _differences(run, tracker: BestAdversarial, index: torch.Tensor, x: torch.Te
         xa = x.detach().requires_grad_(True)
         logits = run.model(xa, index)
         adv = tracker.offer(index, x, logits.detach())
-        if run.targeted:
-            other = logits.scatter(1, classes, -math.inf).amax(1, keepdim=True)
+        if run.targeted:  # towards the target l, against the strongest other class
+            diff = logit_margin(logits, classes[:, 0], True)[:, None]
         else:
-            other = logits.gather(1, run.labels[index][:, None])
-        diff = logits.gather(1, classes) - other
-        keep = (~adv).to(diff.dtype)[:, None]
+            diff = logit_difference(logits, run.labels[index], classes)
         grads = torch.zeros(x.shape[0], classes.shape[1], *x.shape[1:], dtype=x.dtype, device=x.device)
-        if bool((~adv).any()):
-            for j in range(classes.shape[1]):
-                (g,) = torch.autograd.grad((diff[:, j:j + 1] * keep).sum(), xa, retain_graph=j < classes.shape[1] - 1)
-                grads[:, j] = g
-                run.model.count_backward(index[~adv])
+        todo = (~adv).nonzero().flatten()
+        if todo.numel():
+            grads[todo] = per_objective_gradients(diff[todo], xa, todo)
+            run.model.charge(index[todo], backward=classes.shape[1])
     return diff.detach(), grads, adv
 
 

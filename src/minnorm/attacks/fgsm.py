@@ -8,7 +8,6 @@ from ..core.objectives import cross_entropy_objective
 
 __all__ = ["fgm", "fgsm"]
 
-loss_objective = cross_entropy_objective  # the old home: ddn.py, apgd.py and the contract tests import it from here
 
 
 def fgm(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | torch.Tensor, norm: float | str = "inf",

@@ -8,8 +8,9 @@ import torch
 from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
                     register, start_attack)
 from ..core.norms import project_l1_box, project_l2_box
-from ._minimal import start_tracking, cosine, refine_on_segment, safe_grad, top_other_classes
-from .pgd import margin_objective
+from ..core.objectives import margin_objective, top_other_classes
+from ..core.steps import box_blocked
+from ._minimal import cosine, refine_on_segment, safe_grad, start_tracking
 
 __all__ = ["fmn"]
 
@@ -114,8 +115,7 @@ def _search(run, tracker: BestAdversarial, index: torch.Tensor, steps: int, alph
 
 def _free(grad: torch.Tensor, point: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
     """The gradient without the coordinates the box stops from moving the way it points."""
-    blocked = ((point <= bounds[0]) & (grad < 0)) | ((point >= bounds[1]) & (grad > 0))
-    return grad.masked_fill(blocked, 0)
+    return grad.masked_fill(box_blocked(point, grad, bounds), 0)
 
 
 def _project(delta: torch.Tensor, p: float, eps: torch.Tensor, x: torch.Tensor,

@@ -15,7 +15,6 @@ import torch
 from ..core import check_int, clip_box, register, start_attack
 from ..core.objectives import cross_entropy_objective, margin_objective
 from ..core.steps import l1_coordinates, pgd_step
-from ..core.steps import sparse_l1_direction  # noqa: F401  (apgd.py imports it from here)
 from .noise import _check_p, first_success, lp_ball_noise, per_sample_eps
 
 __all__ = ["bim", "ifgsm", "pgd"]
