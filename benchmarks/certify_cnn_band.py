@@ -34,7 +34,7 @@ def main() -> None:
     x, y = minnorm.data.load_fashion_mnist("test")
     x, y = x[:args.n], y[:args.n]
     p = minnorm.core.parse_norm(args.norm)
-    names = args.attacks.split(",") if args.attacks else [certify.DEFAULT_ATTACKS[p]]
+    names = args.attacks.split(",") if args.attacks else [certify.default_attack(p)]
     best, advs = torch.full((len(y),), math.inf, dtype=torch.float64), x.clone()
     for name in names:
         res = minnorm.attacks.get(name)(model, x, y)

@@ -8,7 +8,7 @@ CROWN back-substitution (``crown.certified_radius_fast``), side by side in one r
 Per method: seconds per image (wall-clock and this process's CPU time: the machine is shared,
 the load average is printed) and the tightness: certified / exact over the images an
 ``--exact`` JSON (benchmarks/certify_physical_limit.py) proves, else attack / certified with
-the norm's default attack (``certify.DEFAULT_ATTACKS``) as the upper end.
+the norm's default attack (``certify.default_attack``) as the upper end.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def main() -> None:
         high = torch.tensor(best, dtype=torch.float64)
         ref = {i: data["upper"][i] for i in range(args.n) if data["status"][i] == "exact"}
     else:
-        res = minnorm.attacks.get(certify.DEFAULT_ATTACKS[p])(model, x, y)
+        res = minnorm.attacks.get(certify.default_attack(p))(model, x, y)
         high = torch.where(res.success, res.norms.double(), torch.full((args.n,), math.inf, dtype=torch.float64))
         ref = {i: float(high[i]) for i in range(args.n) if bool(ok[i]) and math.isfinite(float(high[i]))}
     g = certify.build_graph(model)

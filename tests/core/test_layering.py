@@ -24,8 +24,9 @@ def test_roles_replace_hard_coded_names():
     spec, extra = with_role("fooling", 1.0)  # no DeepFool in l1: the convex form with DeepFool's step
     assert spec.name == "convex-min-l1" and extra == {"class_choice": "linearised"}
     assert with_role("madry-training", math.inf)[0].name == "pgd-linf"
+    assert [with_role("certify-upper", p)[0].name for p in (math.inf, 2.0, 1.0)] == ["tr-linf", "ddn", "convex-min-l1"]
     names = set(minnorm.attacks.available())
-    for folder in ("evaluation", "training"):
+    for folder in ("evaluation", "training", "certify"):
         for path in (SRC / folder).glob("*.py"):
             if path.name == "norms.py":  # the per-norm presets name attacks on purpose
                 continue

@@ -238,4 +238,5 @@ for _p, _tag in ((math.inf, "linf"), (2.0, "l2"), (1.0, "l1")):
     register(f"convex-min-{_tag}", convex_min_norm, norm=_p, minimal=True, targeted=True, paper=PAPER,
              description=f"minimal-norm form (8) iterated until the label changes ({_tag})",
              defaults={"norm": _p}, quick={"max_iterations": 20},
-             roles={"fooling": {"class_choice": "linearised"}})  # DeepFool's step for any p
+             roles={"fooling": {"class_choice": "linearised"},  # DeepFool's step for any p
+                    **({"certify-upper": {}} if _p == 1 else {})})

@@ -152,4 +152,4 @@ def _cap(x: torch.Tensor, delta: torch.Tensor, max_norm: float, bounds: tuple[fl
 
 register("ddn", ddn, norm=2, minimal=True, targeted=True, paper="Rony et al. 2019 (DDN)",
          description="decoupled direction and norm: gradient steps on an adaptive L2 sphere",
-         quick={"steps": 20})
+         quick={"steps": 20}, roles={"certify-upper": {}})

@@ -666,7 +666,8 @@ for _p, _suffix in ((2.0, "l2"), (math.inf, "linf")):
     # Linf's walk converges in about half the steps of L2's (docs/trust-region.md)
     register(f"tr-{_suffix}", trust_region, norm=_p, minimal=True, targeted=True, paper=_PAPER,
              description=f"trust region attack ({_suffix}): adaptive radius, best class, boundary refinement",
-             defaults={"norm": _p, "refine_steps": 20 if _p == 2 else 10}, quick={"steps": 20, "refine_steps": 10})
+             defaults={"norm": _p, "refine_steps": 20 if _p == 2 else 10}, quick={"steps": 20, "refine_steps": 10},
+             roles={"certify-upper": {}} if math.isinf(_p) else {})  # the upper end of certify's searches
 register("tr2-l2", trust_region, norm=2.0, minimal=True, targeted=True, paper=_PAPER,
          description="second-order trust region attack (l2): quadratic model by Lanczos, for smooth activations",
          defaults={"norm": 2.0, "order": 2}, quick={"steps": 20, "refine_steps": 10, "lanczos_steps": 5})

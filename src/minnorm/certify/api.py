@@ -17,11 +17,17 @@ from .graph import Graph, build_graph
 from .milp import encode, tighten
 from .solvers import solve
 
-__all__ = ["DEFAULT_ATTACKS", "CertifyResult", "exact", "lower_bound"]
-
-DEFAULT_ATTACKS = {math.inf: "tr-linf", 2.0: "ddn", 1.0: "convex-min-l1"}
+__all__ = ["CertifyResult", "default_attack", "exact", "lower_bound"]
 REL_TOL = 1e-4  # "exact" when the proven lower bound is within this relative distance of the witness
 ABS_TOL = 1e-7  # ... or within this absolute distance: float32's resolution of inputs in [0, 1] is 6e-8
+
+
+def default_attack(p: float) -> str:
+    """The attack whose norms are the upper end of the searches when none is given: the registered
+    attack with the ``certify-upper`` role in the lp norm ``p`` (tr-linf, ddn, convex-min-l1)."""
+    from ..core.registry import with_role
+
+    return with_role("certify-upper", p)[0].name
 
 
 def _close(lower: float, upper: float) -> bool:
@@ -82,7 +88,7 @@ def _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attac
             raise ValueError(f"upper has {up.numel()} values for {inputs.shape[0]} inputs")
         return up, adversarials
     from .. import attacks
-    names = [attack] if isinstance(attack, str) else list(attack or [DEFAULT_ATTACKS[p]])
+    names = [attack] if isinstance(attack, str) else list(attack or [default_attack(p)])
     best = torch.full((inputs.shape[0],), math.inf, dtype=torch.float64)
     advs = inputs.clone()
     for name in names:
@@ -158,7 +164,7 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     ``forward`` (:mod:`.bounds`: forward linear forms, every supported graph), or ``auto``
     (backward where the graph allows it). ``upper``/``adversarials`` are an attack's norms and
     adversarials (the search's upper end, and the witnesses); when omitted, ``attack`` (default
-    :data:`DEFAULT_ATTACKS`) is run. ``rounds``: propagations per sample at most."""
+    :func:`default_attack`) is run. ``rounds``: propagations per sample at most."""
     start = time.perf_counter()
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
     b, n = inputs.shape[0], inputs[0].numel()
