@@ -44,10 +44,11 @@ def run(args) -> None:
         attacks[name] = {"norms": [_finite(float(v)) for v in norms], "seconds": time.perf_counter() - t}
         better = norms < best
         best, advs[better] = torch.where(better, norms, best), res.adversarials[better]
-    with out.open("w") as f:
-        f.write(json.dumps({"model": args.model, "norm": args.norm, "n": len(y), "time_limit": args.time_limit,
-                            "attacks": attacks, "load_average": os.getloadavg()}, allow_nan=False) + "\n")
-    for i in range(len(y)):
+    if not args.start:  # a new file; --start K appends images K.. to an earlier run's file
+        with out.open("w") as f:
+            f.write(json.dumps({"model": args.model, "norm": args.norm, "n": len(y), "time_limit": args.time_limit,
+                                "attacks": attacks, "load_average": os.getloadavg()}, allow_nan=False) + "\n")
+    for i in range(args.start, len(y)):
         t = time.perf_counter()
         ex = certify.exact(model, x[i:i + 1], y[i:i + 1], norm=p, time_limit=args.time_limit,
                            upper=best[i:i + 1], adversarials=advs[i:i + 1])
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=300.0)
     ap.add_argument("--attacks", default="ddn,fmn-l2,apgd-l2,deepfool-l2")
     ap.add_argument("--out")
+    ap.add_argument("--start", type=int, default=0, help="continue an earlier run's file from this image on")
     ap.add_argument("--summary")
     args = ap.parse_args()
     if args.summary:
