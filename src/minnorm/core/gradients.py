@@ -19,8 +19,10 @@ pays while the m * r rows are few, because it saves m - 1 walks of the autograd 
 once they are many, because torch's batching rules run the convolution and max-pool backward slice
 by slice and then concatenate the slices, and the m-fold intermediates fall out of the cache. On
 the shipped ``cnn``, DeepFool and the convex attacks with 9 classes ran at 0.79-0.95 of the loop's
-time per image at batch 1 and 0.89-0.98 at 16 with ``"auto"``; at 100 ``"vmap"`` was 1.5-2x
-slower and ``"auto"`` (the loop there) equal. On the ``mlp``, ``"vmap"`` was faster at every batch
+time per image at batch 1 and 0.89-0.98 at 16 with ``"auto"`` under heavy load, and at 0.85-0.89
+(batch 1) and 1.06-1.12 (batch 16) on a quieter machine, where identical code read 0.84-0.89: on
+this CPU the gain is within the noise; at 100 ``"vmap"`` was 1.5-2x slower and ``"auto"`` (the
+loop there) equal. On the ``mlp``, ``"vmap"`` was faster at every batch
 (0.61-0.92); ``"auto"``, with its limit set for the cnn, keeps only part of that.
 :func:`gradient_method` sets the method for a block of code (benchmarks, an mlp, accelerators:
 not measured).
