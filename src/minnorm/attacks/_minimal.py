@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..core import BestAdversarial, batch_view, rand_like, scale_to_norm
+from ..core.segment import bisect_segment
 
 
 def start_tracking(run) -> tuple[BestAdversarial, torch.Tensor]:
@@ -59,12 +60,6 @@ def refine_on_segment(run, tracker: BestAdversarial, index: torch.Tensor, steps:
     rows = index[torch.isfinite(tracker.norms[index]) & (tracker.norms[index] > 0)]
     if steps <= 0 or len(rows) == 0:
         return
-    x, target = run.inputs[rows], tracker.points[rows].clone()
-    lo = torch.zeros(len(rows), dtype=x.dtype, device=x.device)
-    hi = torch.ones_like(lo)
-    for _ in range(steps):
-        t = (lo + hi) / 2
-        point = x + batch_view(t, x) * (target - x)
-        with torch.no_grad():
-            adv = tracker.offer(rows, point, run.model(point, rows))
-        hi, lo = torch.where(adv, t, hi), torch.where(adv, lo, t)
+    with torch.no_grad():  # every probe is offered to the tracker, which keeps the smallest adversarial
+        bisect_segment(lambda point, r: tracker.offer(rows[r], point, run.model(point, rows[r])),
+                       run.inputs[rows], tracker.points[rows].clone(), steps)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core import (AttackResult, available, check_int, check_positive, clip_box, get, lp_norm, parse_norm, register,
                     start_attack)
+from ..core.segment import bisect_segment, segment_points
 from .ddn import ddn
 from .deepfool import deepfool
 from ._piecewise import PiecewiseAffine, RegionOperator
@@ -225,15 +226,9 @@ class _Search:
         idx = valid.nonzero().squeeze(1)
         ok = self.run.is_adversarial(self._forward(target[idx], self.owner[idx]), self.owner[idx])
         idx = idx[ok]
-        lo = torch.zeros(idx.numel(), dtype=self.x0.dtype, device=self.x0.device)
-        hi = torch.ones_like(lo)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            pts = self.x0[idx] + mid.view(-1, *[1] * (self.x0.dim() - 1)) * (target[idx] - self.x0[idx])
-            adv = self.run.is_adversarial(self._forward(pts, self.owner[idx]), self.owner[idx])
-            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
-        pts = self.x0[idx] + hi.view(-1, *[1] * (self.x0.dim() - 1)) * (target[idx] - self.x0[idx])
-        self._offer(idx, pts, torch.ones_like(hi, dtype=torch.bool))
+        x0, end, own = self.x0[idx], target[idx], self.owner[idx]
+        hi = bisect_segment(lambda pts, r: self.run.is_adversarial(self._forward(pts, own[r]), own[r]), x0, end, steps)
+        self._offer(idx, segment_points(x0, end, hi), torch.ones_like(hi, dtype=torch.bool))
 
     def _sample(self, chains: torch.Tensor, gamma: float) -> torch.Tensor:
         """eq. 12-14: a point around the chain's best ``x0 + delta``, biased towards ``x0``."""
