@@ -66,7 +66,8 @@ def correct_images(model: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor
     (attacking a misclassified image is trivially 'successful')."""
     from minnorm.data import load_sample
     x, y = load_sample()
-    keep = model(x).argmax(1) == y
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
     x, y = x[keep][:n].contiguous(), y[keep][:n].contiguous()
     if x.shape[0] < n:
         print(f"note: only {x.shape[0]} of the 1000 sample images are classified correctly", file=sys.stderr)

@@ -18,8 +18,9 @@ import time
 import torch
 
 import minnorm
-from minnorm.data import load_sample
 from minnorm.models import load_shipped
+
+from common import correct_images
 
 OTHERS = {"linf": ["deepfool-linf", "fmn-linf", "tr-linf"], "l1": ["fmn-l1", "convex-min-l1"]}
 START = {"linf": "tr-linf", "l1": "fmn-l1"}
@@ -44,10 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_shipped(args.model).eval()
-    x, y = load_sample()
-    with torch.no_grad():
-        ok = model(x[:4 * args.n]).argmax(1) == y[:4 * args.n]
-    x, y = x[:4 * args.n][ok][:args.n], y[:4 * args.n][ok][:args.n]
+    x, y, _ = correct_images(model, args.n)
     lra = f"lra-{args.norm}"
     kw = dict(regions=args.regions, qp_steps=args.qp_steps, classes=args.classes)
     rows = {}

@@ -18,8 +18,9 @@ import argparse
 import torch
 
 import minnorm.attacks.linear_region as lra
-from minnorm.data import load_sample
 from minnorm.models import load_shipped
+
+from common import correct_images
 
 
 def main() -> None:
@@ -33,10 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_shipped(args.model).eval()
-    x, y = load_sample()
-    with torch.no_grad():
-        ok = model(x[:4 * args.images]).argmax(1) == y[:4 * args.images]
-    x, y = x[:4 * args.images][ok][:args.images], y[:4 * args.images][ok][:args.images]
+    x, y, _ = correct_images(model, args.images)
     settings = [tuple(float(v) for v in s.split("/")) for s in args.settings.split(",")]
     stats = {s: {"gap": [], "pruned": [], "steps": []} for s in settings}
     solve = lra.solve_qp

@@ -16,8 +16,9 @@ import time
 import torch
 
 from minnorm.attacks import linear_region_attack
-from minnorm.data import load_sample
 from minnorm.models import load_shipped
+
+from common import correct_images
 
 
 def main() -> None:
@@ -30,10 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_shipped(args.model).eval()
-    x, y = load_sample()
-    with torch.no_grad():
-        ok = model(x[:4 * args.images]).argmax(1) == y[:4 * args.images]
-    x, y = x[:4 * args.images][ok][:args.images], y[:4 * args.images][ok][:args.images]
+    x, y, _ = correct_images(model, args.images)
     print(f"model {args.model}, {len(x)} images, {args.regions} regions, {args.threads} thread(s)")
     print("| setting | CPU s | regions solved | cache hits | QPs rejected | dual steps/image | median L2 "
           "| max abs diff to first | smaller / larger than first |")

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from minnorm.attacks import linear_region_attack
-from minnorm.data import load_sample
 from minnorm.models import load_shipped
+
+from common import correct_images
 
 OLD = "5eb55d2"
 
@@ -68,10 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_shipped(args.model).eval()
-    x, y = load_sample()
-    with torch.no_grad():
-        ok = model(x[:4 * args.images]).argmax(1) == y[:4 * args.images]
-    x, y = x[:4 * args.images][ok][:args.images], y[:4 * args.images][ok][:args.images]
+    x, y, _ = correct_images(model, args.images)
     kw = dict(regions=args.regions, starts=args.starts)  # everything else: each version's own defaults
     extra = {k: eval(v) for k, v in (o.split("=") for o in args.new_options.split(",") if o)}
     extra_old = {k: eval(v) for k, v in (o.split("=") for o in args.old_options.split(",") if o)}
