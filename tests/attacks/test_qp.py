@@ -1,6 +1,8 @@
 """The dual QP solver (eq. 15-19) against scipy's SLSQP on random and real region instances."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,9 @@ def explicit_rows(op: RegionOperator, like: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, 1)
 
 
-def test_real_region_matches_scipy():
+@contextlib.contextmanager
+def real_region():
+    """The tiny MLP's region at another input's pattern, for three inputs: (x, op, b) inside the capture."""
     model = tiny_mlp(dtype=torch.float64, hidden=8)
     x = tiny_inputs(3, dtype=torch.float64)
     y = tiny_inputs(3, seed=7, dtype=torch.float64)  # representatives of other regions
@@ -88,7 +92,11 @@ def test_real_region_matches_scipy():
         other = logits.scatter(1, label[:, None], -torch.inf).argmax(1)
         eye = torch.eye(logits.shape[1], dtype=x.dtype)
         op = RegionOperator(net, region, y, x, (eye[other] - eye[label])[:, None])
-        b = op.offsets()
+        yield x, op, op.offsets()
+
+
+def test_real_region_matches_scipy():
+    with real_region() as (x, op, b):
         a = explicit_rows(op, x)
         # the explicit matrix agrees with the products
         v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
@@ -136,16 +144,7 @@ def test_long_first_steps_still_match_scipy(step_scale):
 
 
 def test_long_first_steps_and_the_stop_test_on_a_real_region():
-    model = tiny_mlp(dtype=torch.float64, hidden=8)
-    x = tiny_inputs(3, dtype=torch.float64)
-    y = tiny_inputs(3, seed=7, dtype=torch.float64)
-    with PiecewiseAffine(model) as net:
-        logits, region = net.capture(y)
-        label = model(x).argmax(1)
-        other = logits.scatter(1, label[:, None], -torch.inf).argmax(1)
-        eye = torch.eye(logits.shape[1], dtype=x.dtype)
-        op = RegionOperator(net, region, y, x, (eye[other] - eye[label])[:, None])
-        b = op.offsets()
+    with real_region() as (x, op, b):
         scale = block_scales(op, op.sizes, x, torch.Generator().manual_seed(0))
         runs = [solve_qp(ScaledOperator(op, scale), b * scale, -x, 1 - x, steps=20000, tol=1e-6, step_scale=s)
                 for s in (1.0, 8.0)]
