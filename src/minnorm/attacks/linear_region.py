@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core import (AttackResult, available, check_int, check_positive, clip_box, get, lp_norm, parse_norm, register,
                     start_attack)
+from ..core.norms import norm_name
 from ..core.segment import bisect_segment, segment_points
 from .ddn import ddn
 from .deepfool import deepfool
@@ -73,9 +74,40 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     skipped because they were visited), ``qp_pruned`` (problems the dual bound rejected) and
     ``qp_steps`` (solver steps over all problems). Supported layers: see :mod:`.piecewise`.
     """
-    for name, value in (("regions", regions), ("qp_steps", qp_steps), ("classes", classes), ("starts", starts),
-                        ("power_iterations", power_iterations), ("precondition_rows", precondition_rows),
-                        ("search_steps", search_steps), ("init_steps", init_steps)):
+    p = _check_settings(inputs, norm, init, q, step_scale, gamma=gamma, decision_scale=decision_scale, qp_tol=qp_tol,
+                        retries=retries, regions=regions, qp_steps=qp_steps, classes=classes, starts=starts,
+                        power_iterations=power_iterations, precondition_rows=precondition_rows,
+                        search_steps=search_steps, init_steps=init_steps)
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
+    x0, n = run.inputs, run.batch_size
+    if n == 0:
+        return run.finish(inputs.clone())
+    with PiecewiseAffine(model) as net:
+        search = _Search(run, net, p=p, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
+            steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
+            rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
+            warm_start=bool(warm_start))
+        if p == 2:
+            search.qp["step_scale"] = float(step_scale)
+        todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
+        adv = x0.clone()
+        if todo.numel():
+            first = _starting_points(run, todo, starting_points, starts, init, init_steps, p)
+            search.start(todo, first, search_steps)
+            for j in tqdm(range(regions), desc=f"lra-{norm_name(p)}", unit="region", leave=False, disable=not progress):
+                search.step(j, regions)
+            best, norms = search.best()
+            found = torch.isfinite(norms)
+            adv[todo[found]] = best[found]
+    info = {"regions_solved": search.solved, "cache_hits": search.hits, "qp_pruned": search.pruned,
+            "qp_steps": search.steps}
+    return run.finish(adv, info=info)
+
+
+def _check_settings(inputs: torch.Tensor, norm: float | str, init: str | torch.Tensor, q: float, step_scale: float, *,
+                    gamma: float, decision_scale: float, qp_tol: float, retries: int, **counts: int) -> float:
+    """Refuse bad hyper-parameters before any pass; returns the parsed norm."""
+    for name, value in counts.items():
         check_int(name, value)
     check_int("retries", retries, minimum=0)
     check_positive("gamma", gamma)
@@ -93,31 +125,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     p = parse_norm(norm)
     if p not in (1, 2, math.inf):
         raise ValueError(f"norm must be 1, 2 or inf, got {norm!r}")
-    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
-    x0, n = run.inputs, run.batch_size
-    if n == 0:
-        return run.finish(inputs.clone())
-    with PiecewiseAffine(model) as net:
-        search = _Search(run, net, p=p, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
-            steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
-            rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
-            warm_start=bool(warm_start))
-        if p == 2:
-            search.qp["step_scale"] = float(step_scale)
-        todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
-        adv = x0.clone()
-        if todo.numel():
-            first = _starting_points(run, todo, starting_points, starts, init, init_steps, p)
-            search.start(todo, first, search_steps)
-            name = "lra-linf" if p == math.inf else f"lra-l{p:g}"
-            for j in tqdm(range(regions), desc=name, unit="region", leave=False, disable=not progress):
-                search.step(j, regions)
-            best, norms = search.best()
-            found = torch.isfinite(norms)
-            adv[todo[found]] = best[found]
-    info = {"regions_solved": search.solved, "cache_hits": search.hits, "qp_pruned": search.pruned,
-            "qp_steps": search.steps}
-    return run.finish(adv, info=info)
+    return p
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
