@@ -8,6 +8,12 @@ one), and the run time of each attack. Minimal-norm attacks are run once and rea
 epsilon; PGD is run once per epsilon. Prints markdown.
 
     python benchmarks/linear_region_tables.py --models cnn,cnn-pgd-l2,cnn-pgd-linf --images 50
+
+The seed's Table 2 budget (500 regions, about 8 CPU-hours for 100 images of a CNN) in pieces that
+survive a stop (rerun the same line to continue; finished chunks are read back):
+
+    python benchmarks/linear_region_tables.py --models cnn-pgd-linf-02 --images 100 --eps seed \
+        --regions 500 --chunk 4 --progress benchmarks/out/table2-500.jsonl
 """
 from __future__ import annotations
 
@@ -48,18 +54,19 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     acc: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
-    minimal = {
-        f"CW-L2 {args.cw_steps}x9": lambda: carlini_wagner_l2(model, x, y, max_iterations=args.cw_steps),
-        "DeepFool": lambda: deepfool(model, x, y),
-        "TR-L2": lambda: trust_region(model, x, y, norm=2, generator=gen()),
-        f"DDN-{args.ddn_steps}": lambda: ddn(model, x, y, steps=args.ddn_steps, generator=gen()),
-        "ours (lra-l2)": lambda: linear_region_attack(
-            model, x, y, regions=args.regions, qp_steps=args.qp_steps, classes=1, starts=args.starts,
+    minimal = {  # each called with the indices of a chunk of images
+        f"CW-L2 {args.cw_steps}x9": lambda i: carlini_wagner_l2(model, x[i], y[i], max_iterations=args.cw_steps),
+        "DeepFool": lambda i: deepfool(model, x[i], y[i]),
+        "TR-L2": lambda i: trust_region(model, x[i], y[i], norm=2, generator=gen()),
+        f"DDN-{args.ddn_steps}": lambda i: ddn(model, x[i], y[i], steps=args.ddn_steps, generator=gen()),
+        "ours (lra-l2)": lambda i: linear_region_attack(
+            model, x[i], y[i], regions=args.regions, qp_steps=args.qp_steps, classes=1, starts=args.starts,
             power_iterations=10, starting_points=reference, generator=gen()),
-        f"ours, DDN-{args.ddn_steps} start": lambda: linear_region_attack(
-            model, x, y, regions=args.regions, qp_steps=args.qp_steps, classes=1, power_iterations=10,
+        f"ours, DDN-{args.ddn_steps} start": lambda i: linear_region_attack(
+            model, x[i], y[i], regions=args.regions, qp_steps=args.qp_steps, classes=1, power_iterations=10,
             init="ddn", init_steps=args.ddn_steps, generator=gen()),
     }
+    minimal = {k: v for k, v in minimal.items() if not args.only or k in args.only.split(",")}
     for label, restarts in (("PGD-1", 1), (f"PGD-{args.restarts}x", args.restarts)):
         t = time.perf_counter()
         row = []
@@ -72,10 +79,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
         acc[label], seconds[label] = row, time.perf_counter() - t
     norms = {}
     for label, fn in minimal.items():
-        t = time.perf_counter()
-        res = fn()
-        seconds[label] = time.perf_counter() - t
-        norms[label] = torch.where(res.success, res.norms, torch.full_like(res.norms, float("inf")))
+        norms[label], seconds[label] = _minimal_norms(label, fn, len(y), args)
         acc[label] = [robust_accuracy(norms[label], correct, e) for e in args.eps]
     if args.save:
         Path(args.save).write_text(json.dumps({"model": name, "correct": correct.tolist(), "eps": list(args.eps),
@@ -92,8 +96,9 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     lines.append("| mean diff. to best | " + " | ".join(f"{sum(d) / len(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| max diff. to best | " + " | ".join(f"{max(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| run time (s) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
-    others = torch.stack([v for k, v in norms.items() if not k.startswith("ours")]).amin(0)
     lines.append("")
+    others = [v for k, v in norms.items() if not k.startswith("ours")]
+    others = torch.stack(others).amin(0) if others else torch.full((len(y),), float("inf"))
     for label in (k for k in norms if k.startswith("ours")):
         ours = norms[label]
         lines.append(f"- {label}: median L2 over the correctly classified images {ours[correct].median():.4f} "
@@ -101,6 +106,41 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
                      f"{int((ours <= others * (1 + 1e-6))[correct].sum())}/{int(correct.sum())} images.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _minimal_norms(label: str, attack, n: int, args) -> tuple[torch.Tensor, float]:
+    """Per-image norms of one minimal-norm attack (inf where it failed) and its seconds, run over
+    chunks of ``--chunk`` images (each chunk seeds its own generator). With ``--progress FILE``
+    every finished chunk is appended there and a rerun with the same settings skips it: a run
+    of many hours (the seed's 500 regions) survives being stopped."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("save", "progress", "only")}
+    key = json.loads(json.dumps({"label": label, "settings": settings}))  # as read back from the file
+    done = _finished_chunks(args.progress, key)
+    size = args.chunk or n
+    for start in range(0, n, size):
+        if start in done:
+            continue
+        t = time.perf_counter()
+        res = attack(torch.arange(start, min(start + size, n)))
+        norms = torch.where(res.success, res.norms, torch.full_like(res.norms, float("inf")))
+        done[start] = (norms.tolist(), time.perf_counter() - t)
+        if args.progress:
+            with open(args.progress, "a") as f:
+                f.write(json.dumps({**key, "start": start, "norms": done[start][0], "seconds": done[start][1]}) + "\n")
+    norms = [v for s in sorted(done) for v in done[s][0]]
+    return torch.tensor(norms, dtype=torch.float32), sum(v[1] for v in done.values())
+
+
+def _finished_chunks(path: str | None, key: dict) -> dict[int, tuple[list, float]]:
+    """The chunks of ``key`` (attack and settings) recorded in the progress file ``path``."""
+    if not path or not Path(path).is_file():
+        return {}
+    done = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        if row["label"] == key["label"] and row["settings"] == key["settings"]:
+            done[row["start"]] = (row["norms"], row["seconds"])
+    return done
 
 
 def main() -> None:
@@ -119,6 +159,12 @@ def main() -> None:
     ap.add_argument("--eps", default=None, help="comma-separated L2 radii, or 'seed' for the seed's Table 2 radii "
                     "(default: %s)" % ",".join(f"{e:g}" for e in EPS))
     ap.add_argument("--save", default=None, help="write per-image norms and the table's numbers to this JSON file")
+    ap.add_argument("--chunk", type=int, default=0, help="run the minimal-norm attacks on this many images at a "
+                    "time (default: all at once)")
+    ap.add_argument("--progress", default=None, help="JSON-lines file of finished chunks: a rerun with the same "
+                    "settings continues where the last one stopped")
+    ap.add_argument("--only", default=None, help="comma-separated labels of the minimal-norm attacks to run "
+                    "(default: all)")
     args = ap.parse_args()
     args.eps = (SEED_TABLE_2_EPS if args.eps == "seed" else
                 tuple(float(e) for e in args.eps.split(",")) if args.eps else EPS)
