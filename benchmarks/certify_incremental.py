@@ -3,6 +3,7 @@ known (for long L2 runs on a shared machine: a run stopped early keeps every fin
 
     nohup python benchmarks/certify_incremental.py --model mlp-tiny --norm l2 --n 100 --time-limit 300 &
     python benchmarks/certify_incremental.py --summary benchmarks/out/certify-inc-mlp-tiny-l2.jsonl
+    python benchmarks/certify_incremental.py --to-cache benchmarks/out/certify-inc-mlp-tiny-l2.jsonl
 
 The cutoff per image is the best of ``--attacks`` (run once on all N images, batched, registry
 defaults); their norms are written in the file's first line. Wall-clock seconds per image on a
@@ -73,6 +74,28 @@ def summary(path: str) -> str:
             f"median {med:.1f} s, max {max(secs, default=math.nan):.1f} s per correctly classified image")
 
 
+def to_cache(path: str, cache: Path) -> str:
+    """Write a finished run (every image of its ``n``) into the exact-minimum cache that
+    benchmarks/ensemble_exact.py reads, as that norm's entry (status, proven lower bound,
+    upper = the verified minimum where exact, best attack norm)."""
+    lines = [json.loads(s) for s in Path(path).read_text().splitlines()]
+    head, rows = lines[0], {r["index"]: r for r in lines[1:]}
+    missing = [i for i in range(head["n"]) if i not in rows]
+    if missing:
+        raise SystemExit(f"{path}: images {missing[:5]}... not done yet; continue it with --start")
+    best = [min((a["norms"][i] if a["norms"][i] is not None else math.inf) for a in head["attacks"].values())
+            for i in range(head["n"])]
+    order = [rows[i] for i in range(head["n"])]
+    data = json.loads(cache.read_text())
+    data[head["norm"]] = {"n": head["n"], "status": [r["status"] for r in order],
+                          "lower": [r["proven_lower"] for r in order], "upper": [r["upper"] for r in order],
+                          "best_attack": [_finite(v) for v in best]}
+    data["source"] += (f" {head['norm']}: benchmarks/certify_incremental.py, {head['n']} images, "
+                       f"time limit {head['time_limit']:g} s.")
+    cache.write_text(json.dumps(data) + "\n")
+    return f"{cache}: {head['norm']} now has {head['n']} images"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="mlp-tiny")
@@ -83,9 +106,13 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--start", type=int, default=0, help="continue an earlier run's file from this image on")
     ap.add_argument("--summary")
+    ap.add_argument("--to-cache", help="a finished run's file: write it into benchmarks/exact-mlp-tiny.json")
     args = ap.parse_args()
     if args.summary:
         print(summary(args.summary))
+        return
+    if args.to_cache:
+        print(to_cache(args.to_cache, Path(__file__).parent / "exact-mlp-tiny.json"))
         return
     run(args)
 
