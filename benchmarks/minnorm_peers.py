@@ -76,6 +76,13 @@ def attacks(p: float, passes: int, k: int) -> dict[str, tuple[Callable, str]]:
         "minnorm fab-t3": (ours("fab", steps=passes // (3 * t), targets=t), f"targets={t}, steps={passes // (3 * t)} each"),
         "minnorm apgd-t3": (ours("apgd", steps=half, targets=t), f"targets={t}, steps={half} in all"),
     }
+    if p != 1.0:  # the trust region over several classes and restarts (it stops early: under the budget)
+        out["minnorm tr-c3r3"] = (ours("tr", classes=3, restarts=3), "classes=3, restarts=3")
+        out["minnorm tr-c5r4"] = (ours("tr", classes=5, restarts=4), "classes=5, restarts=4")
+    out["minnorm ensemble"] = (ours("ensemble", total_passes=passes), f"total_passes={passes}")
+    if p == 2.0:
+        out["minnorm ddn"] = (lambda m, x, y, p: minnorm.attacks.get("ddn")(
+            m, x, y, steps=half, generator=torch.Generator().manual_seed(0)).adversarials, f"steps={half}")
     out["adv_lib fmn"] = (lambda m, x, y, p: _adv_lib("fast_minimum_norm.fmn")(m, x, y, norm=p, steps=half),
                           f"steps={half}")
     fab_iter = max(passes // (k + 2), 1)
