@@ -4,9 +4,10 @@
     python benchmarks/ensemble_exact.py --norm linf --attacks ensemble-linf 'fmn-linf:{"targets": 9}'
 
 Reference: the exact minima of ``minnorm.certify.exact`` cached in ``benchmarks/exact-mlp-tiny.json``
-(per norm: status, lower, upper and the best attack norm of ``benchmarks/certify_physical_limit.py``
-on the first 100 Fashion-MNIST test images, 10 for L2). Only images proven ``exact`` there are scored. Where the cache has
-fewer images than ``--n`` or an image is a bracket (L2: 10 images, 7 exact), the reference is the
+(per norm: status, lower, upper and the best attack norm of ``benchmarks/certify_physical_limit.py``,
+for L2 of ``benchmarks/certify_incremental.py --to-cache``, on the first 100 Fashion-MNIST test
+images; L2: 72 exact). Only images proven ``exact`` there are scored. Where the cache has
+fewer images than ``--n`` or an image is a bracket, the reference is the
 best-known norm over every attack of this run and the cache's attacks, and the table says how many
 images are scored against which. One thread; every attack with ``generator`` seeded 0 and its
 registry defaults unless given ``name:{json params}``.
