@@ -96,16 +96,20 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, reference: torch.Tens
     lines.append("| mean diff. to best | " + " | ".join(f"{sum(d) / len(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| max diff. to best | " + " | ".join(f"{max(d):.3f}" for d in diffs.values()) + " |")
     lines.append("| run time (s) | " + " | ".join(f"{seconds[n]:.0f}" for n in names) + " |")
-    lines.append("")
+    return "\n".join(lines + [""] + _ours_against_others(norms, correct) + [""])
+
+
+def _ours_against_others(norms: dict[str, torch.Tensor], correct: torch.Tensor) -> list[str]:
+    """A line per linear-region column: its median norm against the best of the other attacks."""
     others = [v for k, v in norms.items() if not k.startswith("ours")]
-    others = torch.stack(others).amin(0) if others else torch.full((len(y),), float("inf"))
+    others = torch.stack(others).amin(0) if others else torch.full_like(correct, float("inf"), dtype=torch.float32)
+    lines = []
     for label in (k for k in norms if k.startswith("ours")):
         ours = norms[label]
         lines.append(f"- {label}: median L2 over the correctly classified images {ours[correct].median():.4f} "
                      f"(best of CW/DeepFool/TR/DDN: {others[correct].median():.4f}); <= that best on "
                      f"{int((ours <= others * (1 + 1e-6))[correct].sum())}/{int(correct.sum())} images.")
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _minimal_norms(label: str, attack, n: int, args) -> tuple[torch.Tensor, float]:
