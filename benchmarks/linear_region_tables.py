@@ -13,7 +13,7 @@ The seed's Table 2 budget (500 regions, about 8 CPU-hours for 100 images of a CN
 survive a stop (rerun the same line to continue; finished chunks are read back):
 
     python benchmarks/linear_region_tables.py --models cnn-pgd-linf-02 --images 100 --eps seed \
-        --regions 500 --chunk 4 --progress benchmarks/out/table2-500.jsonl
+        --regions 500 --chunk 4 --progress benchmarks/out/table2-500.jsonl [--reverse]
 """
 from __future__ import annotations
 
@@ -117,11 +117,13 @@ def _minimal_norms(label: str, attack, n: int, args) -> tuple[torch.Tensor, floa
     chunks of ``--chunk`` images (each chunk seeds its own generator). With ``--progress FILE``
     every finished chunk is appended there and a rerun with the same settings skips it: a run
     of many hours (the seed's 500 regions) survives being stopped."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("save", "progress", "only")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("save", "progress", "only", "reverse")}
     key = json.loads(json.dumps({"label": label, "settings": settings}))  # as read back from the file
-    done = _finished_chunks(args.progress, key)
     size = args.chunk or n
-    for start in range(0, n, size):
+    done: dict[int, tuple[list, float]] = {}
+    starts = list(range(0, n, size))
+    for start in reversed(starts) if args.reverse else starts:
+        done.update(_finished_chunks(args.progress, key))  # read again: another process may share the file
         if start in done:
             continue
         t = time.perf_counter()
@@ -167,6 +169,8 @@ def main() -> None:
                     "time (default: all at once)")
     ap.add_argument("--progress", default=None, help="JSON-lines file of finished chunks: a rerun with the same "
                     "settings continues where the last one stopped")
+    ap.add_argument("--reverse", action="store_true", help="take the chunks last first (a second process on "
+                    "the same --progress file then meets the first one in the middle)")
     ap.add_argument("--only", default=None, help="comma-separated labels of the minimal-norm attacks to run "
                     "(default: all)")
     args = ap.parse_args()
