@@ -175,3 +175,25 @@ def test_lp_variants_registered():
         assert spec.norm == p and spec.minimal and spec.targeted and spec.defaults["norm"] == p
     with pytest.raises(ValueError, match="norm"):
         linear_region_attack(tiny_mlp(), tiny_inputs(2), torch.zeros(2, dtype=torch.long), norm=3)
+
+
+@pytest.mark.parametrize("p", [2, math.inf, 1])
+def test_region_solves_stay_creditable_under_a_pass_budget(p):
+    """A linear model is one region. Started at 1.5x DeepFool's L2 point and given 3/4 of the
+    passes the unbudgeted run takes, the region's QP/LP (``pay_as_you_go``) stops while its
+    sample can still pay for it, so its solution is credited and within 5% of the unbudgeted one (before the solver
+    asked for the budget its products were charged after the solve, past the budget, and the
+    start came back)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).double().eval()
+    x = 0.45 + 0.1 * tiny_inputs(3, dtype=torch.float64)
+    y = model(x).argmax(1)
+    start = x + 1.5 * (deepfool(model, x, y).adversarials - x)
+    kw = dict(norm=p, init=start, regions=1, classes=1, qp_steps=3000, qp_tol=1e-9, search_steps=1,
+              generator=torch.Generator().manual_seed(0), pay_as_you_go=True)
+    free = linear_region_attack(model, x, y, **kw)
+    budget = free.passes * 3 // 4
+    res = minnorm.core.call_with_budget(linear_region_attack, model, x, y, budget=budget, **kw)
+    assert bool(res.success.all()) and bool((res.passes <= budget).all())
+    assert bool((res.norms <= 1.05 * free.norms).all()), res.norms / free.norms

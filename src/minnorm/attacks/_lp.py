@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from ._qp import Operator, _apply, _power_norm, ray_search
+from ._qp import Operator, _apply, _power_norm, _stop_rows, ray_search
 
 _CHECK = 4  # steps between bound, candidate and stopping checks (every other check also restarts)
 
@@ -130,7 +131,7 @@ class LPSolution:
 def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *, p: float,
              steps: int = 1000, power_iterations: int = 20, bound: torch.Tensor | None = None, tol: float = 1e-6,
              line_tol: float = 0.0, restart: int = 256, generator: torch.Generator | None = None,
-             mu0: torch.Tensor | None = None) -> LPSolution:
+             mu0: torch.Tensor | None = None, stop: Callable[[], torch.Tensor | None] | None = None) -> LPSolution:
     """Solve the batch of region LPs (eq. 10/11 for p = inf or 1) by restarted PDHG.
 
     ``b`` ``[n, m]``; ``lower``/``upper`` ``[n, *shape]``. ``bound`` ``[n]`` (optional): a row stops
@@ -138,6 +139,7 @@ def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
     within ``tol`` (relative) of its dual bound. ``restart``: PDHG restarts from the current point
     with a new primal weight every ``restart`` steps (and when the gap has shrunk fivefold).
     ``line_tol``: constraint tolerance of the ray search. ``mu0`` warm-starts the multipliers.
+    ``stop`` (optional): ``[n]`` rows to stop now (say, out of pass budget), asked at every check.
     """
     if p not in (1, math.inf):
         raise ValueError(f"p must be 1 or inf, got {p}")
@@ -151,7 +153,10 @@ def solve_lp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
     for it in range(steps):
         if s.rows.numel() == 0:
             break
-        done = s.step(base, sel, tol, restart, check=it % _CHECK == _CHECK - 1 or it == steps - 1)
+        check = it % _CHECK == _CHECK - 1 or it == steps - 1
+        done = s.step(base, sel, tol, restart, check=check)
+        if check:
+            done = _stop_rows(done, s.rows, stop)
         if bool(done.any()):
             out.store(s, done)
             s, sel = s.keep(~done), sel[~done]

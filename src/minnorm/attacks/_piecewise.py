@@ -357,6 +357,21 @@ class RegionOperator:
             self.counter.charge(owner, forward=counts[0].clone(), backward=counts[1].clone())
             counts.zero_()
 
+    def out_of_budget(self, reserve: int) -> torch.Tensor | None:
+        """Per row: whether its sample (``owner``) has fewer than ``reserve`` passes left per row
+        of this operator once the tallied, not yet flushed passes are charged; ``None`` without a
+        budget. A solver that stops such rows keeps every pass it computes creditable (a pass past
+        the budget is not credited: :mod:`minnorm.core.counting`)."""
+        counts, _, owner = self._tally
+        counter = self.counter
+        if counter is None or owner is None or getattr(counter, "limit", None) is None:
+            return None
+        size = counter.forward_passes.shape[0]
+        pending = torch.zeros(size, dtype=torch.long, device=owner.device).index_add_(0, owner, counts.sum(0))
+        rows = torch.bincount(owner, minlength=size)
+        left = counter.limit - counter.forward_passes - counter.backward_passes - pending
+        return (left < reserve * rows)[owner]
+
     def jvp(self, v: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``J_F v`` at ``y``."""
         self._charge(rows, backward=1)

@@ -20,7 +20,7 @@ early stop of Sec. 4.1 once a row cannot beat an incumbent norm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -116,10 +116,17 @@ def _power_norm(op: Operator, like: torch.Tensor, iterations: int, generator: to
     return power_iteration(lambda u, rows: op.rmatvec(op.matvec(u)), v, iterations)[1]
 
 
+def _stop_rows(done: torch.Tensor, rows: torch.Tensor, stop: Callable[[], torch.Tensor | None] | None) -> torch.Tensor:
+    """``done`` or'ed with the rows that ``stop`` (an answer over every row of the batch) ends."""
+    halt = None if stop is None else stop()
+    return done if halt is None else done | halt[rows]
+
+
 def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, *, steps: int = 500,
              power_iterations: int = 20, bound: torch.Tensor | None = None, tol: float = 1e-6,
              line_tol: float = 0.0, generator: torch.Generator | None = None,
-             mu0: torch.Tensor | None = None, step_scale: float = 1.0) -> QPSolution:
+             mu0: torch.Tensor | None = None, step_scale: float = 1.0,
+             stop: Callable[[], torch.Tensor | None] | None = None) -> QPSolution:
     """Solve the batch of QPs (15) in the dual; then recover ``d`` (eq. 17) and search the ray.
 
     ``b`` ``[n, m]``; ``lower``/``upper`` ``[n, *shape]`` with ``lower <= 0 <= upper``. ``bound``
@@ -127,6 +134,7 @@ def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
     stops when its primal point violates no constraint by more than ``tol ||d||`` (rows of about
     unit norm, so a distance relative to the step) and the duality gap ``-<mu, A d - b>`` is below
     ``tol * 1/2 ||d||^2``. ``line_tol`` is the constraint tolerance of the final :func:`ray_search`.
+    ``stop`` (optional, asked every 4 steps): ``[n]`` rows to end now (say, out of pass budget).
     ``mu0`` (``[n, m]``, ``>= 0``) warm-starts the dual (zero by default). The loop keeps only the
     rows still iterating, so a finished row costs nothing more.
 
@@ -147,10 +155,12 @@ def solve_qp(op: Operator, b: torch.Tensor, lower: torch.Tensor, upper: torch.Te
     s.lip_max, s.lip_min = lip[:, None], lip[:, None] / step_scale  # steps between 1 / lip_max and 1 / lip_min
     s.lip = s.lip_min.clone()
     base, sel = op, torch.arange(n, device=dev)  # the operator in use and the rows' positions in it
-    for _ in range(steps):
+    for it in range(steps):
         if s.rows.numel() == 0:
             break
         done = s.step(base, sel, tol)
+        if it % 4 == 3:
+            done = _stop_rows(done, s.rows, stop)
         if bool(done.any()):
             out.store(s, done)
             s = s.keep(~done)

@@ -34,7 +34,7 @@ __all__ = ["ensemble"]
 #                  and of the regions sampled around it, exact within each region).
 # Chosen on the shipped mlp-tiny against exact minima (benchmarks/ensemble_exact.py) and on the
 # shipped cnn (benchmarks/ensemble.py); passes per sample in benchmarks/RESULTS.md.
-_POLISH = {"from_best": True, "search_steps": 2}
+_POLISH = {"from_best": True, "search_steps": 2, "pay_as_you_go": True}
 STAGES: dict[float, list[list[tuple[str, dict[str, Any]]]]] = {
     math.inf: [[("tr-linf", {}), ("apgd-linf", {"steps": 450, "targets": 9, "passes": 950}),
                 ("lra-linf", {**_POLISH, "regions": 10, "qp_steps": 200, "passes": 800}),

@@ -30,6 +30,9 @@ from ._qp import ScaledOperator, block_scales, solve_qp
 __all__ = ["linear_region_attack"]
 
 _OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
+# passes per row a budgeted solve keeps in hand: 4 solver steps (<= 3 products each), the final
+# product and the overshoot checks of its solution
+_BUDGET_RESERVE = 4 * 3 + 1 + len(_OVERSHOOT)
 
 
 def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
@@ -39,7 +42,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          init: str | torch.Tensor = "deepfool", init_steps: int = 100,
                          starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
-                         warm_start: bool = False, step_scale: float = 1.0, progress: bool = False) -> AttackResult:
+                         warm_start: bool = False, step_scale: float = 1.0, progress: bool = False,
+                         pay_as_you_go: bool = False) -> AttackResult:
     """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
     batched over images.
 
@@ -70,6 +74,12 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     ``qp_steps=60``, ``power_iterations=8`` (before: 300 and 20; see docs/linear-region.md). A solution is accepted only after a
     forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
 
+    Under a pass budget (:func:`~minnorm.core.call_with_budget`) a region's solve ends once its
+    image is past the budget (those passes would not be credited). ``pay_as_you_go`` ends it
+    earlier, while the image can still pay for the solve's last products and checks, so that
+    the solution is credited (the standard ensemble's polish, whose share of the passes one LP on
+    a CNN can exceed); off by default, so that a budget that is not reached changes nothing.
+
     ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
     skipped because they were visited), ``qp_pruned`` (problems the dual bound rejected) and
     ``qp_steps`` (solver steps over all problems). Supported layers: see :mod:`.piecewise`.
@@ -86,7 +96,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
         search = _Search(run, net, p=p, q=float(q), gamma=float(gamma), classes=classes, qp=dict(
             steps=qp_steps, power_iterations=power_iterations, tol=qp_tol, line_tol=qp_tol),
             rows=precondition_rows, decision_scale=float(decision_scale), retries=retries,
-            warm_start=bool(warm_start))
+            warm_start=bool(warm_start), pay_as_you_go=bool(pay_as_you_go))
         if p == 2:
             search.qp["step_scale"] = float(step_scale)
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
@@ -178,8 +188,8 @@ class _Search:
     """State of Algorithm 1 for ``c`` chains (image x start), laid out as a ``[b, M]`` grid."""
 
     def __init__(self, run, net: PiecewiseAffine, *, p: float, q: float, gamma: float, classes: int, qp: dict, rows: int,
-                 decision_scale: float, retries: int, warm_start: bool = False):
-        self.retries = retries
+                 decision_scale: float, retries: int, warm_start: bool = False, pay_as_you_go: bool = False):
+        self.retries, self.pay_as_you_go = retries, pay_as_you_go
         self.run, self.net, self.q, self.gamma, self.classes, self.qp = run, net, q, gamma, classes, qp
         self.rows, self.decision_scale = rows, decision_scale
         self.warm_start, self.p = warm_start, p
@@ -308,8 +318,12 @@ class _Search:
             # neighbouring regions share their rows (one per neuron): start from the chain's last duals
             mu0 = torch.where(self.has_mu[ch, None], self.mu[ch] / scale, torch.zeros_like(scale))
         solve = solve_qp if self.p == 2 else functools.partial(solve_lp, p=self.p)
+        # Under a pass budget a row whose sample is past it ends (its passes are not credited);
+        # pay_as_you_go ends it while the sample can still pay for the next check's products, the
+        # final one and the overshoot checks below, so that its solution is credited.
+        reserve = _BUDGET_RESERVE if self.pay_as_you_go else 0
         sol = solve(ScaledOperator(op, scale), b * scale, lower, upper, bound=bound, generator=run.generator,
-                    mu0=mu0, **self.qp)
+                    mu0=mu0, stop=functools.partial(op.out_of_budget, reserve), **self.qp)
         op.flush()
         self.pruned.index_add_(0, self.owner[ch], sol.pruned.long())
         self.steps.index_add_(0, self.owner[ch], sol.iterations)
