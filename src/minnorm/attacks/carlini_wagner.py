@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -73,42 +74,63 @@ def carlini_wagner_l2(model, inputs: torch.Tensor, labels: torch.Tensor, *, targ
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
     period = max(max_iterations // 10, 1)
     w, continuing = w0.clone(), torch.zeros_like(todo)
+    track = _Best(best, best_sq, iterations)
     for search in range(binary_search_steps):
         if not bool(todo.any()):
             break
         if binary_search_steps >= 10 and search == binary_search_steps - 1:
             const = torch.where(torch.isfinite(upper), upper, const)
         w = torch.where(batch_view(continuing, w0), w, w0)
-        m, v = torch.zeros_like(w), torch.zeros_like(w)
-        found = torch.zeros_like(todo)
-        prev = torch.full_like(const, math.inf)
-        active = todo.clone()
-        for it in range(max_iterations):
-            if not bool(active.any()):
-                break
-            index = active.nonzero().squeeze(1)
-            loss, grad, adv_sq, x_adv = _loss_and_grad(run, x[index], w[index], const[index], index, confidence)
-            iterations[index] += 1
-            improved = adv_sq < best_sq[index]
-            best_sq[index] = torch.where(improved, adv_sq, best_sq[index])
-            best[index] = torch.where(batch_view(improved, x_adv), x_adv, best[index])
-            found[index] |= torch.isfinite(adv_sq)
-            # Adam per element, so a sample's path never depends on the rest of the batch.
-            t = it + 1
-            m[index] = _BETAS[0] * m[index] + (1 - _BETAS[0]) * grad
-            v[index] = _BETAS[1] * v[index] + (1 - _BETAS[1]) * grad * grad
-            m_hat, v_hat = m[index] / (1 - _BETAS[0] ** t), v[index] / (1 - _BETAS[1] ** t)
-            w[index] = w[index] - learning_rate * m_hat / (v_hat.sqrt() + _ADAM_EPS)
-            if abort_early and it % period == 0:
-                stalled = loss > 0.9999 * prev[index]
-                prev[index] = loss
-                active[index[stalled]] = False
+        found = _adam_round(run, w, const, todo, track, max_iterations, learning_rate, confidence,
+                            period if abort_early else 0)
         continuing = ~found & continue_failed
         upper = torch.where(todo & found, torch.minimum(upper, const), upper)
         lower = torch.where(todo & ~found, torch.maximum(lower, const), lower)
         const = torch.where(~todo, const,
                             torch.where(torch.isfinite(upper), (lower + upper) / 2, const * 10))
     return run.finish(best, info={"const": const, "iterations": iterations})
+
+
+@dataclass
+class _Best:
+    """Per sample: the smallest kappa-adversarial iterate so far, its squared norm, iterations."""
+    points: torch.Tensor
+    sq: torch.Tensor
+    iterations: torch.Tensor
+
+
+def _adam_round(run, w: torch.Tensor, const: torch.Tensor, todo: torch.Tensor, track: _Best, max_iterations: int,
+                learning_rate: float, confidence: float, period: int) -> torch.Tensor:
+    """One round of the binary search at the constants ``const``: Adam restarted, up to
+    ``max_iterations`` steps on ``w`` (in place) for the samples ``todo``; a sample stops early
+    once its loss has not dropped below 0.9999 of its value ``period`` steps before (``period``
+    0: never). Returns which samples found a kappa-adversarial iterate."""
+    x = run.inputs
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    found = torch.zeros_like(todo)
+    prev = torch.full_like(const, math.inf)
+    active = todo.clone()
+    for it in range(max_iterations):
+        if not bool(active.any()):
+            break
+        index = active.nonzero().squeeze(1)
+        loss, grad, adv_sq, x_adv = _loss_and_grad(run, x[index], w[index], const[index], index, confidence)
+        track.iterations[index] += 1
+        improved = adv_sq < track.sq[index]
+        track.sq[index] = torch.where(improved, adv_sq, track.sq[index])
+        track.points[index] = torch.where(batch_view(improved, x_adv), x_adv, track.points[index])
+        found[index] |= torch.isfinite(adv_sq)
+        # Adam per element, so a sample's path never depends on the rest of the batch.
+        t = it + 1
+        m[index] = _BETAS[0] * m[index] + (1 - _BETAS[0]) * grad
+        v[index] = _BETAS[1] * v[index] + (1 - _BETAS[1]) * grad * grad
+        m_hat, v_hat = m[index] / (1 - _BETAS[0] ** t), v[index] / (1 - _BETAS[1] ** t)
+        w[index] = w[index] - learning_rate * m_hat / (v_hat.sqrt() + _ADAM_EPS)
+        if period and it % period == 0:
+            stalled = loss > 0.9999 * prev[index]
+            prev[index] = loss
+            active[index[stalled]] = False
+    return found
 
 
 def _succeeded(logits: torch.Tensor, labels: torch.Tensor, targeted: bool, confidence: float) -> torch.Tensor:
