@@ -6,6 +6,8 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers import tiny_inputs, tiny_mlp
 from scipy.optimize import Bounds, LinearConstraint, minimize
 
@@ -132,6 +134,49 @@ def test_ray_search_is_exact():
     # a box that stops the ray before the constraint holds: infeasible
     _, ok = ray_search(d, ad, b, torch.full_like(d, -0.8), torch.full_like(d, 0.8))
     assert not bool(ok[0])
+
+
+def _ray_by_scan(d, ad, rhs, lower, upper):
+    """The feasible interval of ``a >= 0`` with ``a ad_j <= rhs_j`` for every j and ``a d`` in the
+    box, one constraint at a time in plain Python; returns (a* or None)."""
+    lo, hi = 0.0, float("inf")
+    for adj, r in zip(ad, rhs):
+        if adj > 0:
+            hi = min(hi, r / adj)
+        elif adj < 0:
+            lo = max(lo, r / adj)
+        elif r < 0:
+            return None
+    for dj, lj, uj in zip(d, lower, upper):
+        if dj > 0:
+            hi = min(hi, uj / dj)
+        elif dj < 0:
+            hi = min(hi, lj / dj)
+    return lo if lo <= hi else None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.0, 0.5), st.sampled_from([0.0, 1e-6]))
+def test_ray_search_matches_a_constraint_by_constraint_scan(seed, zeros, tol):
+    """Zeros (signed), negative and zero right-hand sides and +inf rows included."""
+    g = torch.Generator().manual_seed(seed)
+    n, m = 4, 12
+    ad = torch.randn(n, m, generator=g, dtype=torch.float64)
+    ad[torch.rand(n, m, generator=g) < zeros] = 0.0
+    ad[torch.rand(n, m, generator=g) < zeros / 4] = -0.0
+    b = torch.randn(n, m, generator=g, dtype=torch.float64).abs()
+    b[torch.rand(n, m, generator=g) < 0.15] *= -1  # mostly >= 0, as at a region's own point
+    b[torch.rand(n, m, generator=g) < zeros / 2] = 0.0
+    b[torch.rand(n, m, generator=g) < 0.05] = float("inf")
+    d = 0.2 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    lower = -torch.rand(n, 3, generator=g, dtype=torch.float64)
+    upper = 1 + lower
+    out, ok = ray_search(d, ad, b, lower, upper, tol)
+    for i in range(n):
+        want = _ray_by_scan(d[i].tolist(), ad[i].tolist(), (b[i] + tol).tolist(), lower[i].tolist(), upper[i].tolist())
+        assert bool(ok[i]) == (want is not None), (i, want)
+        if want is not None:
+            torch.testing.assert_close(out[i], d[i] * want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("step_scale", [8.0, 1000.0])
