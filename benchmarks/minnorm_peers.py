@@ -79,6 +79,7 @@ def attacks(p: float, passes: int, k: int) -> dict[str, tuple[Callable, str]]:
     if p != 1.0:  # the trust region over several classes and restarts (it stops early: under the budget)
         out["minnorm tr-c3r3"] = (ours("tr", classes=3, restarts=3), "classes=3, restarts=3")
         out["minnorm tr-c5r4"] = (ours("tr", classes=5, restarts=4), "classes=5, restarts=4")
+        out["minnorm tr-c9r2"] = (ours("tr", classes=9, restarts=2), "classes=9, restarts=2")
     out["minnorm ensemble"] = (ours("ensemble", total_passes=passes), f"total_passes={passes}")
     if k > 2:  # every other class targeted, the budget split between them
         out["minnorm fmn-t9"] = (ours("fmn", steps=half, targets=k - 1), f"targets={k - 1}, steps={half} in all")
@@ -166,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated attack names to run (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="a --json file of an earlier run on the same images: its attacks join the table "
+                             "(and the best-known reference) without running again")
     args = parser.parse_args(argv)
+    earlier = json.loads(args.merge.read_text())["results"] if args.merge else {}
     torch.set_num_threads(args.threads)
     out: dict[str, dict] = {}
     for model_name in args.models.split(","):
@@ -175,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         k = int(model(x[:1]).shape[1])
         for norm_name in args.norms.split(","):
             p = NORMS[norm_name]
-            results = {}
+            key = f"{model_name}/{norm_name}"
+            results = dict(earlier.get(key, {}))
+            if results and len(next(iter(results.values()))["norms"]) != x.shape[0]:
+                raise SystemExit(f"--merge: {key} there has another number of images than --n {args.n}")
             for name, (fn, note) in attacks(p, args.passes, k).items():
                 if args.only and name not in args.only.split(","):
                     continue
@@ -183,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{model_name} {norm_name} {name}: {results[name]['success']:.3f} "
                       f"{results[name]['passes']:.0f} passes {results[name]['seconds']:.1f}s", file=sys.stderr, flush=True)
             summarise(results)
-            key = f"{model_name}/{norm_name}"
             out[key] = results
             print(f"\n### {key}: {desc}, {x.shape[0]} images, ~{args.passes} passes/sample\n")
             print(common.markdown_table(HEADER, table(results)), flush=True)
