@@ -33,7 +33,9 @@ __all__ = ["ensemble"]
 #                  of that point (the linear-region attack solves the LP/QP of its linear region
 #                  and of the regions sampled around it, exact within each region).
 # Chosen on the shipped mlp-tiny against exact minima (benchmarks/ensemble_exact.py) and on the
-# shipped cnn (benchmarks/ensemble.py); passes per sample in benchmarks/RESULTS.md.
+# shipped cnn (benchmarks/ensemble.py); passes per sample in benchmarks/RESULTS.md. The polish
+# pays as it goes (``pay_as_you_go``): its region solves end while the sample can still pay for
+# them, so that what they find is credited within the member's share.
 _POLISH = {"from_best": True, "search_steps": 2, "pay_as_you_go": True}
 STAGES: dict[float, list[list[tuple[str, dict[str, Any]]]]] = {
     math.inf: [[("tr-linf", {}), ("apgd-linf", {"steps": 450, "targets": 9, "passes": 950}),
