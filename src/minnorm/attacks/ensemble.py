@@ -175,8 +175,11 @@ def _doubtful(norms: torch.Tensor, gap: float) -> torch.Tensor:
     return ~torch.isfinite(two[1]) | (two[1] > two[0] * (1 + gap))
 
 
+_LINE_UP = {"linf": "TR over every class x 2 starts, APGD-T, a linear-region polish of the best, FMN",
+            "l2": "TR over every class x 4 starts, a linear-region polish of the best, FMN",
+            "l1": "FMN-T over every class, a linear-region polish of the best, FAB-T"}
 for _p, _tag in ((math.inf, "linf"), (2.0, "l2"), (1.0, "l1")):
     register(f"ensemble-{_tag}", ensemble, norm=_p, minimal=True, targeted=True,
              paper="minnorm standard ensemble (members: TR, APGD-T, FMN-T, FAB-T, linear-region attack; see their papers)",
-             description=f"TR over every class, APGD-T/FMN-T, a linear-region polish of the best, FMN; 2000 passes ({_tag})",
+             description=f"{_LINE_UP[_tag]}; 2000 passes",
              defaults={"norm": _p}, quick={"total_passes": 2000, "quick_members": True})
