@@ -80,6 +80,8 @@ def attacks(p: float, passes: int, k: int) -> dict[str, tuple[Callable, str]]:
         out["minnorm tr-c3r3"] = (ours("tr", classes=3, restarts=3), "classes=3, restarts=3")
         out["minnorm tr-c5r4"] = (ours("tr", classes=5, restarts=4), "classes=5, restarts=4")
         out["minnorm tr-c9r2"] = (ours("tr", classes=9, restarts=2), "classes=9, restarts=2")
+        if passes >= 2000:  # ~1,730 passes per sample on mlp-tiny
+            out["minnorm tr-c9r4"] = (ours("tr", classes=9, restarts=4), "classes=9, restarts=4")
     out["minnorm ensemble"] = (ours("ensemble", total_passes=passes), f"total_passes={passes}")
     if k > 2:  # every other class targeted, the budget split between them
         out["minnorm fmn-t9"] = (ours("fmn", steps=half, targets=k - 1), f"targets={k - 1}, steps={half} in all")
