@@ -190,6 +190,9 @@ class _Search:
     def __init__(self, run, net: PiecewiseAffine, *, p: float, q: float, gamma: float, classes: int, qp: dict, rows: int,
                  decision_scale: float, retries: int, warm_start: bool = False, pay_as_you_go: bool = False):
         self.retries, self.pay_as_you_go = retries, pay_as_you_go
+        # products per row before a region's first solver step (_solve measures it on each region)
+        r = run.num_classes if run.targeted else 1
+        self.setup = 3 + r + len(net.layers) + 2 * qp["power_iterations"]
         self.run, self.net, self.q, self.gamma, self.classes, self.qp = run, net, q, gamma, classes, qp
         self.rows, self.decision_scale = rows, decision_scale
         self.warm_start, self.p = warm_start, p
@@ -286,12 +289,28 @@ class _Search:
             seen = ((self.seen[chains] == h[:, None, :]).all(2) & self.filled[chains]).any(1)
             self.hits.index_add_(0, self.owner[chains], seen.long())
             new = (~seen).nonzero().squeeze(1)
+            if self.pay_as_you_go:
+                new = new[self._can_pay(chains[new])]
             if new.numel():
                 c = chains[new]
                 self.seen[c, self.slot[c]], self.filled[c, self.slot[c]] = h[new], True
                 self.slot[c] += 1
                 self._solve(c, y[new], logits[new], region.take(new))
             chains, gamma = chains[seen], gamma / 2
+
+    def _can_pay(self, chains: torch.Tensor) -> torch.Tensor:
+        """Under a pass budget, the chains whose image can still pay for solving a region: its
+        set-up (the region's forward pass, offsets, row scales, power iterations: at most
+        ``self.setup`` products per row, the blocks counted at the last solve), a few solver
+        steps and the checks of the solution, for each of its rows in this solve."""
+        model = self.run.model
+        if model.limit is None:
+            return torch.ones_like(chains, dtype=torch.bool)
+        owner = self.owner[chains]
+        per = 1 if self.run.targeted else min(self.classes, self.run.num_classes - 1)
+        rows = torch.bincount(owner, minlength=model.limit.shape[0])[owner] * per
+        left = (model.limit - model.forward_passes - model.backward_passes)[owner]
+        return left >= rows * (self.setup + _BUDGET_RESERVE)
 
     def _solve(self, chains: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, region) -> None:
         run, k = self.run, self.run.num_classes
@@ -308,6 +327,9 @@ class _Search:
         ch = chains[rows]
         self.solved.index_add_(0, self.owner[chains], torch.ones_like(chains))
         op = RegionOperator(self.net, region.take(rows), y[rows], self.x0[ch], decision, run.model, self.owner[ch])
+        # products per row before the solver's first step: forward, offsets, a scale per decision
+        # row and per layer block, two per power iteration (see _can_pay)
+        self.setup = 2 + decision.shape[1] + len(op.sizes) + 2 * self.qp["power_iterations"]
         b = op.offsets()
         scale = self._scales(op)
         lower = run.bounds[0] - self.x0[ch]
