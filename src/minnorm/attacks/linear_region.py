@@ -76,8 +76,8 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
     Under a pass budget (:func:`~minnorm.core.call_with_budget`) a region's solve ends once its
     image is past the budget (those passes would not be credited). ``pay_as_you_go`` ends it
-    earlier, while the image can still pay for the solve's last products and checks, so that
-    the solution is credited (the standard ensemble's polish, whose share of the passes one LP on
+    earlier, while the image can still pay for the solve's last products and checks, and starts
+    no region whose set-up the image cannot pay for, so that every solution is credited (the standard ensemble's polish, whose share of the passes one LP on
     a CNN can exceed); off by default, so that a budget that is not reached changes nothing.
 
     ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
