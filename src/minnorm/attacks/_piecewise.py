@@ -363,14 +363,12 @@ class RegionOperator:
         budget. A solver that stops such rows keeps every pass it computes creditable (a pass past
         the budget is not credited: :mod:`minnorm.core.counting`)."""
         counts, _, owner = self._tally
-        counter = self.counter
-        if counter is None or owner is None or getattr(counter, "limit", None) is None:
+        left = None if self.counter is None or owner is None else self.counter.passes_left()
+        if left is None:
             return None
-        size = counter.forward_passes.shape[0]
-        pending = torch.zeros(size, dtype=torch.long, device=owner.device).index_add_(0, owner, counts.sum(0))
-        rows = torch.bincount(owner, minlength=size)
-        left = counter.limit - counter.forward_passes - counter.backward_passes - pending
-        return (left < reserve * rows)[owner]
+        pending = torch.zeros_like(left).index_add_(0, owner, counts.sum(0))
+        rows = torch.bincount(owner, minlength=left.shape[0])
+        return (left - pending < reserve * rows)[owner]
 
     def jvp(self, v: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``J_F v`` at ``y``."""

@@ -77,8 +77,9 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     Under a pass budget (:func:`~minnorm.core.call_with_budget`) a region's solve ends once its
     image is past the budget (those passes would not be credited). ``pay_as_you_go`` ends it
     earlier, while the image can still pay for the solve's last products and checks, and starts
-    no region whose set-up the image cannot pay for, so that every solution is credited (the standard ensemble's polish, whose share of the passes one LP on
-    a CNN can exceed); off by default, so that a budget that is not reached changes nothing.
+    no region whose set-up the image cannot pay for, so that every solution is credited (the
+    standard ensemble's polish, whose share of the passes one LP on a CNN can exceed); off by
+    default, so that a budget that is not reached changes nothing.
 
     ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
     skipped because they were visited), ``qp_pruned`` (problems the dual bound rejected) and
@@ -103,15 +104,23 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
         adv = x0.clone()
         if todo.numel():
             first = _starting_points(run, todo, starting_points, starts, init, init_steps, p)
-            search.start(todo, first, search_steps)
-            for j in tqdm(range(regions), desc=f"lra-{norm_name(p)}", unit="region", leave=False, disable=not progress):
-                search.step(j, regions)
-            best, norms = search.best()
+            best, norms = _walk(search, todo, first, search_steps, regions, progress)
             found = torch.isfinite(norms)
             adv[todo[found]] = best[found]
     info = {"regions_solved": search.solved, "cache_hits": search.hits, "qp_pruned": search.pruned,
             "qp_steps": search.steps}
     return run.finish(adv, info=info)
+
+
+def _walk(search: "_Search", todo: torch.Tensor, first: torch.Tensor, search_steps: int, regions: int,
+          progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1's loop for the images ``todo`` from their starting points ``first``: the
+    segment search, then ``regions`` sampled regions; each image's best point and norm."""
+    search.start(todo, first, search_steps)
+    label = f"lra-{norm_name(search.p)}"
+    for j in tqdm(range(regions), desc=label, unit="region", leave=False, disable=not progress):
+        search.step(j, regions)
+    return search.best()
 
 
 def _check_settings(inputs: torch.Tensor, norm: float | str, init: str | torch.Tensor, q: float, step_scale: float, *,
@@ -303,14 +312,13 @@ class _Search:
         set-up (the region's forward pass, offsets, row scales, power iterations: at most
         ``self.setup`` products per row, the blocks counted at the last solve), a few solver
         steps and the checks of the solution, for each of its rows in this solve."""
-        model = self.run.model
-        if model.limit is None:
+        left = self.run.model.passes_left()
+        if left is None:
             return torch.ones_like(chains, dtype=torch.bool)
         owner = self.owner[chains]
         per = 1 if self.run.targeted else min(self.classes, self.run.num_classes - 1)
-        rows = torch.bincount(owner, minlength=model.limit.shape[0])[owner] * per
-        left = (model.limit - model.forward_passes - model.backward_passes)[owner]
-        return left >= rows * (self.setup + _BUDGET_RESERVE)
+        rows = torch.bincount(owner, minlength=left.shape[0])[owner] * per
+        return left[owner] >= rows * (self.setup + _BUDGET_RESERVE)
 
     def _solve(self, chains: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, region) -> None:
         run, k = self.run, self.run.num_classes

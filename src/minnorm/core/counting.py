@@ -107,6 +107,12 @@ class CountedModel:
         self.exhausted |= (need > 0) & ~ok
         return ok[rows]
 
+    def passes_left(self) -> torch.Tensor | None:
+        """Per sample, the search passes still creditable under the budget (``None`` without one)."""
+        if self.limit is None:
+            return None
+        return self.limit - self.forward_passes - self.backward_passes
+
     def _check_budget(self) -> None:
         if self.limit is not None and len(self.exhausted) and bool(self.exhausted.all()):
             raise PassBudgetExceeded("every sample has spent its pass budget")
