@@ -1,7 +1,9 @@
 """The standard ensemble (ensemble-l1/l2/linf): cheap members first, costly ones where they disagree."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,33 @@ def test_linear_region_attack_starts_from_given_points():
     assert bool((res.norms[1:] <= start.norms[1:] * (1 + 1e-9)).all())
     with pytest.raises(ValueError):
         minnorm.attacks.get("lra-linf")(model, x, y, init=init[:2])
+
+
+def test_per_class_polish_starts_from_each_class_best_point(monkeypatch):
+    """``per_class`` with ``from_best``: each class's run of the polish starts from the smallest
+    adversarial an earlier ``per_class`` member found towards that class (here FMN's targeted
+    point, with shares that never bind), not from the sample's overall best."""
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(4, dtype=torch.float64)
+    y = true_labels(model, x)
+    spec = minnorm.attacks.get("lra-linf")
+    seen = {}
+
+    def spy(model, inputs, labels, **kw):
+        seen["init"], seen["labels"] = kw["init"].clone(), labels.clone()
+        return original(model, inputs, labels, **kw)
+
+    module = sys.modules["minnorm.attacks.ensemble"]
+    original, lookup = spec.fn, module.get
+    monkeypatch.setattr(module, "get", lambda name: dataclasses.replace(spec, fn=spy) if name == "lra-linf"
+                        else lookup(name))
+    fmn = ("fmn-linf", {"per_class": 3, "steps": 30, "targets": None})
+    res = minnorm.attacks.ensemble(model, x, y, norm=math.inf, total_passes=20_000, stages=[[fmn, (
+        "lra-linf", {"from_best": True, "per_class": 2, "search_steps": 2, "regions": 2, "qp_steps": 50})]])
+    assert bool(res.success.all()) and seen["init"].shape[0] == 2 * 4
+    for row in range(8):
+        i, t = row // 2, int(seen["labels"][row])
+        assert t != int(y[i])
+        one = minnorm.attacks.get("fmn-linf")(model, x[i:i + 1], torch.tensor([t]), targeted=True, steps=30,
+                                             targets=None)
+        assert bool(one.success[0])
+        torch.testing.assert_close(seen["init"][row], one.adversarials[0])

@@ -10,6 +10,7 @@ from helpers import tiny_cnn, tiny_inputs, tiny_mlp, tiny_resnet, true_labels
 from torch import nn
 
 import minnorm
+import minnorm.data
 from minnorm.attacks import carlini_wagner_l2, ddn, deepfool, linear_region_attack, pgd
 
 
@@ -197,3 +198,45 @@ def test_region_solves_stay_creditable_under_a_pass_budget(p):
     res = minnorm.core.call_with_budget(linear_region_attack, model, x, y, budget=budget, **kw)
     assert bool(res.success.all()) and bool((res.passes <= budget).all())
     assert bool((res.norms <= 1.05 * free.norms).all()), res.norms / free.norms
+
+
+def test_flipped_regions_switch_exactly_the_named_relus():
+    """``_flipped`` toggles the named ReLUs (flat indices over all layers, -1 for none) of each
+    representative and nothing else; max-pool patterns are never touched."""
+    from minnorm.attacks._piecewise import Region
+    from minnorm.attacks.linear_region import _flipped
+    gen = torch.Generator().manual_seed(0)
+    relu1, pool, relu2 = torch.rand(3, 2, 2, generator=gen) > 0.5, torch.randint(0, 4, (3, 5), generator=gen), \
+        torch.rand(3, 3, generator=gen) > 0.5
+    region = Region([relu1, pool, relu2], 3)
+    index = torch.tensor([[0, -1], [3, 4 + 5 + 1], [-1, -1]])  # layer 1 pos 0; layer 1 pos 3 and layer 3 pos 1
+    out = _flipped(region, index)
+    assert torch.equal(out.patterns[1], pool)
+    want1, want2 = relu1.clone().view(3, -1), relu2.clone()
+    want1[0, 0] ^= True
+    want1[1, 3] ^= True
+    want2[1, 1] ^= True
+    assert torch.equal(out.patterns[0], want1.view_as(relu1)) and torch.equal(out.patterns[2], want2)
+    assert torch.equal(region.patterns[0], relu1)  # the input region is left as it was
+
+
+def test_neuron_flips_reach_an_exact_l1_minimum_that_sampled_regions_miss():
+    """Image 31 of the shipped sample on the shipped mlp-tiny: FMN's L1 point towards class 3
+    lies in a region whose LP optimum is ~6% above the exact minimum (MILP, HiGHS), and regions
+    sampled around it (eq. 12-14) do not leave it; flipping the ReLUs nearest to switching (the
+    witness region differs in one of them, then another) reaches the exact minimum. Neither run
+    goes below it."""
+    from minnorm.certify import exact
+    model = minnorm.models.load_shipped("mlp-tiny")
+    x, y = minnorm.data.load_sample()
+    x, y, t = x[31:32], y[31:32], torch.tensor([3])
+    truth = exact(model, x, y, norm=1, time_limit=60)
+    assert truth.status == ["exact"]
+    start = minnorm.attacks.get("fmn-l1")(model, x, t, targeted=True, steps=100, targets=None)
+    kw = dict(norm=1, targeted=True, init=start.adversarials, regions=10, qp_steps=200, search_steps=2)
+    plain = linear_region_attack(model, x, t, generator=torch.Generator().manual_seed(0), **kw)
+    flips = linear_region_attack(model, x, t, flips=3, flip_rounds=4, generator=torch.Generator().manual_seed(0), **kw)
+    low = float(truth.lower[0]) * (1 - 1e-4)
+    assert float(plain.norms[0]) > 1.05 * float(truth.upper[0]) and float(plain.norms[0]) >= low
+    assert low <= float(flips.norms[0]) <= 1.001 * float(truth.upper[0])
+    assert int(model(flips.adversarials).argmax(1)) == 3
