@@ -209,8 +209,9 @@ def test_flipped_regions_switch_exactly_the_named_relus():
     relu1, pool, relu2 = torch.rand(3, 2, 2, generator=gen) > 0.5, torch.randint(0, 4, (3, 5), generator=gen), \
         torch.rand(3, 3, generator=gen) > 0.5
     region = Region([relu1, pool, relu2], 3)
-    index = torch.tensor([[0, -1], [3, 4 + 5 + 1], [-1, -1]])  # layer 1 pos 0; layer 1 pos 3 and layer 3 pos 1
-    out = _flipped(region, index)
+    sizes = [4, 3 * 5, 3]  # a max-pool layer has more constraints than pattern entries
+    index = torch.tensor([[0, -1], [3, 4 + 15 + 1], [-1, -1]])  # layer 1 pos 0; layer 1 pos 3 and layer 3 pos 1
+    out = _flipped(region, index, sizes)
     assert torch.equal(out.patterns[1], pool)
     want1, want2 = relu1.clone().view(3, -1), relu2.clone()
     want1[0, 0] ^= True

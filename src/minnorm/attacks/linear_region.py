@@ -344,7 +344,7 @@ class _Search:
         before = self.norm.clone()
         y, owner = self.point[chains], self.owner[chains]
         logits, region = self.net.capture(y, functools.partial(self.run.model, index=owner))
-        score = self._switch_distance(chains, y, region)
+        score, sizes = self._switch_distance(chains, y, region)
         top = score.topk(min(count, score.shape[1]), dim=1, largest=False)
         near = top.indices.masked_fill(~torch.isfinite(top.values), -1)
         k = near.shape[1]
@@ -354,15 +354,16 @@ class _Search:
         rows = torch.arange(chains.numel(), device=y.device).repeat_interleave(len(sets))
         ok = (flips[:, 0] >= 0) & ((pick[:, 1] < 0).repeat(chains.numel()) | (flips[:, 1] >= 0))
         rows, flips = rows[ok], flips[ok]
-        flipped = _flipped(region.take(rows), flips)
+        flipped = _flipped(region.take(rows), flips, sizes)
         _, new = self._visit(chains[rows], flipped, classes=1)
         if new.numel():  # towards the class of the best point only
             self._solve(chains[rows[new]], y[rows[new]], logits[rows[new]], flipped.take(new), classes=1)
         return bool((self.norm < before).any())
 
-    def _switch_distance(self, chains: torch.Tensor, y: torch.Tensor, region) -> torch.Tensor:
-        """``[c, neurons]``: per ReLU ``|z_j| / ||grad z_j||_2`` at ``y`` (inf for max-pool
-        constraints and constant neurons), the row norms from random JVPs of the region."""
+    def _switch_distance(self, chains: torch.Tensor, y: torch.Tensor, region) -> tuple[torch.Tensor, list[int]]:
+        """``[c, constraints]``: per ReLU ``|z_j| / ||grad z_j||_2`` at ``y`` (inf for max-pool
+        constraints and constant neurons), the row norms from random JVPs of the region; and
+        the number of constraints of each piecewise layer."""
         none = torch.zeros(chains.numel(), 1, self.run.num_classes, dtype=y.dtype, device=y.device)  # no decision row needed
         op = RegionOperator(self.net, region, y, self.x0[chains], none, self.run.model, self.owner[chains])
         gen = self.run.generator
@@ -375,7 +376,7 @@ class _Search:
         score = torch.where(sq > 0, score, torch.full_like(score, math.inf))
         relu = torch.cat([torch.full((n,), p.dtype == torch.bool, device=y.device)
                           for n, p in zip(op.sizes[1:], region.patterns)])
-        return score[:, 1:].masked_fill(~relu, math.inf)
+        return score[:, 1:].masked_fill(~relu, math.inf), op.sizes[1:]
 
     def _can_pay(self, chains: torch.Tensor, classes: int = 0) -> torch.Tensor:
         """Under a pass budget, the chains whose image can still pay for solving a region: its
@@ -469,13 +470,13 @@ class _Search:
         return torch.cat([torch.stack(dec, 1), layers], 1)
 
 
-def _flipped(region: Region, index: torch.Tensor) -> Region:
+def _flipped(region: Region, index: torch.Tensor, sizes: list[int]) -> Region:
     """``region`` with, per representative, the ReLUs at the flat indices ``index`` ``[n, m]``
-    (over all piecewise layers' constraints, in order; -1 for none) switched."""
+    (over all piecewise layers' constraints, in order, ``sizes[l]`` for layer ``l``; -1 for
+    none) switched. A ReLU layer has one constraint per neuron; max-pool patterns stay."""
     patterns, start = [], 0
     rows = torch.arange(region.n, device=index.device)[:, None].expand_as(index)
-    for p in region.patterns:
-        size = p[0].numel()
+    for p, size in zip(region.patterns, sizes):
         flat = p.reshape(region.n, -1).clone()
         mine = (index >= start) & (index < start + size)
         if p.dtype == torch.bool and bool(mine.any()):
