@@ -33,6 +33,9 @@ _OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
 # passes per row a budgeted solve keeps in hand: 4 solver steps (<= 3 products each), the final
 # product and the overshoot checks of its solution
 _BUDGET_RESERVE = 4 * 3 + 1 + len(_OVERSHOOT)
+# random JVPs that estimate the row norms ranking the ReLUs to flip (the squared estimate of one
+# row norm has a relative spread of sqrt(2 / _PROBES))
+_PROBES = 16
 
 
 def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
@@ -76,9 +79,9 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 
     ``flips=k`` (not in the paper; 0 by default) adds, after the sampled regions, up to
     ``flip_rounds`` rounds of a local search over activation patterns: the ``k`` ReLUs nearest to
-    switching at the best point, each alone and each pair of them, are flipped and the problem of
-    each flipped region is solved towards the best point's class (:meth:`_Search.flip`); rounds
-    stop once one improves nothing. On the shipped mlp-tiny it closes L1 gaps that no sampled
+    switching at the best point are flipped one at a time, and where that improves nothing in
+    pairs, and the problem of each flipped region is solved towards the best point's class
+    (:meth:`_Search.flip`); rounds stop once one improves nothing. On the shipped mlp-tiny it closes L1 gaps that no sampled
     region does (image 31: 1.0615x -> 1.0000x the exact minimum; benchmarks/RESULTS.md).
 
     Under a pass budget (:func:`~minnorm.core.call_with_budget`) a region's solve ends once its
@@ -123,16 +126,17 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
 def _walk(search: "_Search", todo: torch.Tensor, first: torch.Tensor, search_steps: int, regions: int,
           progress: bool, flips: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's loop for the images ``todo`` from their starting points ``first``: the
-    segment search, then ``regions`` sampled regions, then up to ``flips[1]`` rounds of
-    ``flips[0]`` one-neuron flips (:meth:`_Search.flip`, while a round improves some chain);
-    each image's best point and norm."""
+    segment search, then ``regions`` sampled regions, then up to ``flips[1]`` rounds of flips
+    of the ``flips[0]`` ReLUs nearest to switching (:meth:`_Search.flip`: one at a time, then in
+    pairs where no single flip helped; while a round improves some chain); each image's best
+    point and norm."""
     count, rounds = flips if flips[0] > 0 else (0, 0)
     search.start(todo, first, search_steps, slots=regions * (search.retries + 1) + count * rounds)
     label = f"lra-{norm_name(search.p)}"
     for j in tqdm(range(regions), desc=label, unit="region", leave=False, disable=not progress):
         search.step(j, regions)
-    for _ in range(rounds):
-        if not search.flip(count):
+    for _ in range(rounds):  # pairs only where no single flip helped
+        if not (search.flip(count, 1) or search.flip(count, 2)):
             break
     return search.best()
 
@@ -329,12 +333,12 @@ class _Search:
         self.slot[c] += 1
         return seen, new
 
-    def flip(self, count: int) -> bool:
+    def flip(self, count: int, size: int = 1) -> bool:
         """One round of a local search over activation patterns (not in the paper): at each
         chain's best point, the ``count`` ReLUs nearest to switching (smallest ``|z_j| /
-        ||grad z_j||_2``, the row norms estimated from ``power_iterations`` random JVPs) are
-        flipped, each alone and each pair of them, and the problem of each flipped region is
-        solved. Regions sampled around a point (eq. 12-14) rarely differ from it in exactly the
+        ||grad z_j||_2``, the row norms estimated from ``_PROBES`` random JVPs) are
+        flipped, each alone (``size=1``) or each pair of them (``size=2``), and the problem of
+        each flipped region is solved. Regions sampled around a point (eq. 12-14) rarely differ from it in exactly the
         neurons that keep a smaller minimum out of reach; a flipped region need not contain the
         point, and its solution is kept only once the true network confirms it. Whether a chain
         improved."""
@@ -348,7 +352,9 @@ class _Search:
         top = score.topk(min(count, score.shape[1]), dim=1, largest=False)
         near = top.indices.masked_fill(~torch.isfinite(top.values), -1)
         k = near.shape[1]
-        sets = [[a] for a in range(k)] + [[a, b] for a in range(k) for b in range(a + 1, k)]
+        sets = [[a] for a in range(k)] if size == 1 else [[a, b] for a in range(k) for b in range(a + 1, k)]
+        if not sets:
+            return False
         pick = torch.tensor([s + [-1] * (2 - len(s)) for s in sets], device=y.device)  # [sets, 2]
         flips = torch.where(pick >= 0, near[:, pick.clamp_min(0)], -1).flatten(0, 1)  # [c * sets, 2]
         rows = torch.arange(chains.numel(), device=y.device).repeat_interleave(len(sets))
@@ -368,11 +374,11 @@ class _Search:
         op = RegionOperator(self.net, region, y, self.x0[chains], none, self.run.model, self.owner[chains])
         gen = self.run.generator
         sq = torch.zeros_like(op.value)
-        for _ in range(self.qp["power_iterations"]):
+        for _ in range(_PROBES):
             v = torch.randn(y.shape, generator=gen, device=gen.device, dtype=y.dtype).to(y.device)
             sq += op.jvp(v).pow(2)
         op.flush()
-        score = op.value.abs() / (sq / self.qp["power_iterations"]).sqrt()
+        score = op.value.abs() / (sq / _PROBES).sqrt()
         score = torch.where(sq > 0, score, torch.full_like(score, math.inf))
         relu = torch.cat([torch.full((n,), p.dtype == torch.bool, device=y.device)
                           for n, p in zip(op.sizes[1:], region.patterns)])
