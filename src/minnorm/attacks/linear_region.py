@@ -131,7 +131,7 @@ def _walk(search: "_Search", todo: torch.Tensor, first: torch.Tensor, search_ste
     pairs where no single flip helped; while a round improves some chain); each image's best
     point and norm."""
     count, rounds = flips if flips[0] > 0 else (0, 0)
-    search.start(todo, first, search_steps, slots=regions * (search.retries + 1) + count * rounds)
+    search.start(todo, first, search_steps, slots=regions * (search.retries + 1) + rounds * count * (count + 1) // 2)
     label = f"lra-{norm_name(search.p)}"
     for j in tqdm(range(regions), desc=label, unit="region", leave=False, disable=not progress):
         search.step(j, regions)
@@ -326,9 +326,7 @@ class _Search:
         new = (~seen).nonzero().squeeze(1)
         if self.pay_as_you_go:
             new = new[self._can_pay(chains[new], classes)]
-        c = chains[new]
-        room = self.slot[c] < self.seen.shape[1]
-        c, new = c[room], new[room]
+        c = chains[new]  # start() sized the slots for every region a chain can visit
         self.seen[c, self.slot[c]], self.filled[c, self.slot[c]] = h[new], True
         self.slot[c] += 1
         return seen, new
