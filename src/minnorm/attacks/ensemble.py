@@ -4,8 +4,9 @@ Default members (:data:`STAGES`), in order on every sample. Linf: the trust regi
 each of the 9 other classes from 2 starts, APGD-T over every class, a polish of the best point
 so far by the linear-region attack (exact LP in its linear region and in regions sampled around
 it), FMN with what is left. L2: the trust region over 9 classes x 4 starts, the polish (QP),
-FMN. L1: FMN towards each of the 9 other classes (each run on its own, so that every class keeps
-its own best point), then the polish with neuron flips (``lra-l1(flips=3)``: the ReLUs nearest to
+FMN. L1: FAB-T over the 3 most likely classes (the strongest L1 attack on the adversarially
+trained CNN), FMN towards each of the 9 other classes (each run on its own, so that every class
+keeps its own best point), then the polish with neuron flips (``lra-l1(flips=3)``: the ReLUs nearest to
 switching at the best point are flipped, alone and in pairs, and each flipped region's LP
 solved), which reached the exact minimum where the sampled regions stayed 6% above it (fifth
 session), then FMN with what is left. Every class is tried since
@@ -55,7 +56,8 @@ STAGES: dict[float, list[list[tuple[str, dict[str, Any]]]]] = {
                 ("fmn-linf", {"steps": 100, "targets": None})]],
     2.0: [[("tr-l2", {"classes": 9, "restarts": 4, "passes": 1100}),
            ("lra-l2", {**_POLISH, "regions": 10, "qp_steps": 200, "passes": 600}), ("fmn-l2", {"steps": 100, "targets": None})]],
-    1.0: [[("fmn-l1", {"steps": 40, "targets": None, "per_class": 9, "passes": 760}),
+    1.0: [[("fab-l1", {"steps": 60, "targets": 3, "passes": 450}),
+           ("fmn-l1", {"steps": 30, "targets": None, "per_class": 9, "passes": 570}),
            ("lra-l1", {**_POLISH, "regions": 1, "qp_steps": 100, "power_iterations": 4, "flips": 3, "flip_rounds": 4}),
            ("fmn-l1", {"steps": 100, "targets": None})]],
 }
@@ -208,7 +210,7 @@ def _doubtful(norms: torch.Tensor, gap: float) -> torch.Tensor:
 
 _LINE_UP = {"linf": "TR over every class x 2 starts, APGD-T, a linear-region polish of the best, FMN",
             "l2": "TR over every class x 4 starts, a linear-region polish of the best, FMN",
-            "l1": "FMN towards every class, a linear-region polish of the best with neuron flips, FMN"}
+            "l1": "FAB-T, FMN towards every class, a linear-region polish of the best with neuron flips, FMN"}
 for _p, _tag in ((math.inf, "linf"), (2.0, "l2"), (1.0, "l1")):
     register(f"ensemble-{_tag}", ensemble, norm=_p, minimal=True, targeted=True,
              paper="minnorm standard ensemble (members: TR, APGD-T, FMN-T, FAB-T, linear-region attack; see their papers)",

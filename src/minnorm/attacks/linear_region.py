@@ -34,8 +34,8 @@ _OVERSHOOT = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1)
 # product and the overshoot checks of its solution
 _BUDGET_RESERVE = 4 * 3 + 1 + len(_OVERSHOOT)
 # random JVPs that estimate the row norms ranking the ReLUs to flip (the squared estimate of one
-# row norm has a relative spread of sqrt(2 / _PROBES))
-_PROBES = 16
+# row norm has a relative spread of sqrt(2 / _PROBES)); networks with no more ReLUs get them exactly
+_PROBES = 32
 
 
 def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted: bool = False,
@@ -135,9 +135,11 @@ def _walk(search: "_Search", todo: torch.Tensor, first: torch.Tensor, search_ste
     label = f"lra-{norm_name(search.p)}"
     for j in tqdm(range(regions), desc=label, unit="region", leave=False, disable=not progress):
         search.step(j, regions)
-    for _ in range(rounds):  # pairs only where no single flip helped
-        if not (search.flip(count, 1) or search.flip(count, 2)):
+    active = torch.isfinite(search.norm).nonzero().squeeze(1)
+    for _ in range(rounds):  # each chain on while its last round helped
+        if active.numel() == 0:
             break
+        active = active[search.flip(active, count)]
     return search.best()
 
 
@@ -331,38 +333,43 @@ class _Search:
         self.slot[c] += 1
         return seen, new
 
-    def flip(self, count: int, size: int = 1) -> bool:
+    def flip(self, chains: torch.Tensor, count: int) -> torch.Tensor:
         """One round of a local search over activation patterns (not in the paper): at each
         chain's best point, the ``count`` ReLUs nearest to switching (smallest ``|z_j| /
-        ||grad z_j||_2``, the row norms estimated from ``_PROBES`` random JVPs) are
-        flipped, each alone (``size=1``) or each pair of them (``size=2``), and the problem of
-        each flipped region is solved. Regions sampled around a point (eq. 12-14) rarely differ from it in exactly the
-        neurons that keep a smaller minimum out of reach; a flipped region need not contain the
-        point, and its solution is kept only once the true network confirms it. Whether a chain
-        improved."""
-        chains = torch.isfinite(self.norm).nonzero().squeeze(1)
+        ||grad z_j||_2``, :meth:`_row_norms_squared`) are flipped one at a time, and where no
+        single flip helped, in pairs; the problem of each flipped region is solved towards the
+        best point's class. Regions sampled around a point (eq. 12-14) rarely differ from it in
+        exactly the neurons that keep a smaller minimum out of reach; a flipped region need not
+        contain the point, and its solution is kept only once the true network confirms it.
+        Per chain of ``chains`` (all with an adversarial): whether it improved."""
         if chains.numel() == 0 or not self.net.layers:  # an affine model has nothing to flip
-            return False
-        before = self.norm.clone()
+            return torch.zeros_like(chains, dtype=torch.bool)
+        before = self.norm[chains].clone()
         y, owner = self.point[chains], self.owner[chains]
         logits, region = self.net.capture(y, functools.partial(self.run.model, index=owner))
         score, sizes = self._switch_distance(chains, y, region)
         top = score.topk(min(count, score.shape[1]), dim=1, largest=False)
         near = top.indices.masked_fill(~torch.isfinite(top.values), -1)
         k = near.shape[1]
-        sets = [[a] for a in range(k)] if size == 1 else [[a, b] for a in range(k) for b in range(a + 1, k)]
-        if not sets:
-            return False
+        every = torch.arange(chains.numel(), device=y.device)
+        for sets in ([[a] for a in range(k)], [[a, b] for a in range(k) for b in range(a + 1, k)]):
+            todo = every[self.norm[chains] >= before]  # pairs only where no single flip helped
+            if sets and todo.numel():
+                self._flip_sets(chains, todo, near, sets, y, logits, region, sizes)
+        return self.norm[chains] < before
+
+    def _flip_sets(self, chains, todo, near, sets, y, logits, region, sizes) -> None:
+        """For the chains ``chains[todo]``: solve the regions with the ReLUs of each set (indices
+        into ``near``, the chain's nearest ReLUs) flipped, those not visited before."""
         pick = torch.tensor([s + [-1] * (2 - len(s)) for s in sets], device=y.device)  # [sets, 2]
-        flips = torch.where(pick >= 0, near[:, pick.clamp_min(0)], -1).flatten(0, 1)  # [c * sets, 2]
-        rows = torch.arange(chains.numel(), device=y.device).repeat_interleave(len(sets))
-        ok = (flips[:, 0] >= 0) & ((pick[:, 1] < 0).repeat(chains.numel()) | (flips[:, 1] >= 0))
+        flips = torch.where(pick >= 0, near[todo][:, pick.clamp_min(0)], -1).flatten(0, 1)  # [t * sets, 2]
+        rows = todo.repeat_interleave(len(sets))
+        ok = (flips[:, 0] >= 0) & ((pick[:, 1] < 0).repeat(todo.numel()) | (flips[:, 1] >= 0))
         rows, flips = rows[ok], flips[ok]
         flipped = _flipped(region.take(rows), flips, sizes)
         _, new = self._visit(chains[rows], flipped, classes=1)
         if new.numel():  # towards the class of the best point only
             self._solve(chains[rows[new]], y[rows[new]], logits[rows[new]], flipped.take(new), classes=1)
-        return bool((self.norm < before).any())
 
     def _switch_distance(self, chains: torch.Tensor, y: torch.Tensor, region) -> tuple[torch.Tensor, list[int]]:
         """``[c, constraints]``: per ReLU ``|z_j| / ||grad z_j||_2`` at ``y`` (inf for max-pool
@@ -370,17 +377,31 @@ class _Search:
         the number of constraints of each piecewise layer."""
         none = torch.zeros(chains.numel(), 1, self.run.num_classes, dtype=y.dtype, device=y.device)  # no decision row needed
         op = RegionOperator(self.net, region, y, self.x0[chains], none, self.run.model, self.owner[chains])
-        gen = self.run.generator
-        sq = torch.zeros_like(op.value)
-        for _ in range(_PROBES):
-            v = torch.randn(y.shape, generator=gen, device=gen.device, dtype=y.dtype).to(y.device)
-            sq += op.jvp(v).pow(2)
+        sq = self._row_norms_squared(op, y)
         op.flush()
-        score = op.value.abs() / (sq / _PROBES).sqrt()
+        score = op.value.abs() / sq.sqrt()
         score = torch.where(sq > 0, score, torch.full_like(score, math.inf))
         relu = torch.cat([torch.full((n,), p.dtype == torch.bool, device=y.device)
                           for n, p in zip(op.sizes[1:], region.patterns)])
         return score[:, 1:].masked_fill(~relu, math.inf), op.sizes[1:]
+
+    def _row_norms_squared(self, op: RegionOperator, y: torch.Tensor) -> torch.Tensor:
+        """``||a_j||_2^2`` for every row of ``op``: exact (one VJP per row) where the rows are no
+        more than ``_PROBES``, else estimated from ``_PROBES`` random JVPs (``E[(a_j v)^2] =
+        ||a_j||^2`` for standard normal ``v``)."""
+        rows = op.value.shape[1]
+        sq = torch.zeros_like(op.value)
+        if rows - 1 <= _PROBES:  # row 0 is the (empty) decision row
+            for j in range(1, rows):
+                w = torch.zeros_like(op.value)
+                w[:, j] = 1
+                sq[:, j] = op.rmatvec(w).flatten(1).pow(2).sum(1)
+            return sq
+        gen = self.run.generator
+        for _ in range(_PROBES):
+            v = torch.randn(y.shape, generator=gen, device=gen.device, dtype=y.dtype).to(y.device)
+            sq += op.jvp(v).pow(2)
+        return sq / _PROBES
 
     def _can_pay(self, chains: torch.Tensor, classes: int = 0) -> torch.Tensor:
         """Under a pass budget, the chains whose image can still pay for solving a region: its
