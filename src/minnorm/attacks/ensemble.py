@@ -6,10 +6,10 @@ so far by the linear-region attack (exact LP in its linear region and in regions
 it), FMN with what is left. L2: the trust region over 9 classes x 4 starts, the polish (QP),
 FMN. L1: FAB-T over the 3 most likely classes (the strongest L1 attack on the adversarially
 trained CNN), FMN towards each of the 9 other classes (each run on its own, so that every class
-keeps its own best point), then the polish with neuron flips (``lra-l1(flips=3)``: the ReLUs nearest to
-switching at the best point are flipped, alone and in pairs, and each flipped region's LP
-solved), which reached the exact minimum where the sampled regions stayed 6% above it (fifth
-session), then FMN with what is left. Every class is tried since
+keeps its own best point), then the polish with neuron flips (``lra-l1(flips=3)``: the ReLUs
+nearest to switching at the best point are flipped, alone and in pairs, and each flipped
+region's LP solved), which reached the exact minimum where the sampled regions stayed 6% above
+it (fifth session), then FMN with what is left. Every class is tried since
 on the worst images of the shipped mlp-tiny the exact minimum goes to the 4th-6th most likely
 class, which top-3 targeting never tries; the trust region's class-wise linearised steps from
 several starts are what fixed the last few worst images (benchmarks/RESULTS.md, fourth session).
@@ -144,7 +144,7 @@ class _State:
         each = rows.repeat_interleave(c)
         labels = run.labels[rows] if classes is None else classes.flatten()
         if own.get("from_best"):
-            params = {**params, "init": self._starts(rows, each, classes)}
+            params = {**params, "init": self._starts(each, classes)}
         res = call_with_budget(get(name), run.model.model, run.inputs[each], labels, budget=share.repeat_interleave(c),
                                targeted=run.targeted or classes is not None, bounds=run.bounds, generator=run.generator,
                                **params)
@@ -153,7 +153,7 @@ class _State:
         self.per_stage[s].index_add_(0, each, res.passes)
         self._record(k, rows, c, res, labels if classes is not None else None)
 
-    def _starts(self, rows: torch.Tensor, each: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    def _starts(self, each: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         """A ``from_best`` member's starting points: the sample's best adversarial, or per class
         (``per_class``) the smallest adversarial found towards that class (the image itself where
         there is none: the member drops a start that is not adversarial)."""
@@ -186,7 +186,6 @@ class _State:
         better = low < self.best_norm[rows]
         r = rows[better]
         self.best[r], self.best_norm[r], self.found_by[r] = res.adversarials[entry[better]], low[better], k
-
 
     def _record_classes(self, each: torch.Tensor, targets: torch.Tensor, norms: torch.Tensor,
                         points: torch.Tensor) -> None:
