@@ -85,6 +85,8 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
         stages = [[m for m in stage if get(m[0]).targeted] for stage in stages]
     members = [m for stage in stages for m in stage]
     state = _State(run, len(stages), len(members), total_passes)
+    # the points behind the per-class norms are kept only if a member starts from them
+    state.keep_class_points = any(p.get("per_class") and p.get("from_best") for _, p in members)
     if run.batch_size == 0:
         return run.finish(inputs.clone(), info={"passes_per_stage": state.per_stage, "found_by": state.found_by})
     todo = ~run.is_adversarial(run.clean_logits)
@@ -117,7 +119,10 @@ class _State:
         self.best = run.inputs.clone()
         self.best_norm = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
         self.class_norms = torch.full((n, max(run.num_classes, 1)), math.inf, dtype=torch.float64, device=dev)
-        self.class_best: torch.Tensor | None = None  # [n, classes, *x], the points behind class_norms
+        # (sample, class) -> the point behind class_norms; a dict, since only the classes a
+        # per_class member tried have one (1,000 ImageNet classes x the batch would not fit)
+        self.class_points: dict[tuple[int, int], torch.Tensor] = {}
+        self.keep_class_points = False
         self.over = torch.zeros(n, dtype=torch.bool, device=dev)
         cap = torch.tensor(total_passes - 1, device=dev)  # the final check is the last pass
         self.limit = cap if run.model.limit is None else torch.minimum(run.model.limit, cap)
@@ -159,9 +164,8 @@ class _State:
         there is none: the member drops a start that is not adversarial)."""
         if classes is None:
             return self.best[each]
-        if self.class_best is None:
-            return self.run.inputs[each]
-        return self.class_best[each, classes.flatten()]
+        return torch.stack([self.class_points.get((i, t), self.run.inputs[i])
+                            for i, t in zip(each.tolist(), classes.flatten().tolist())])
 
     def _classes(self, rows: torch.Tensor, own: dict[str, Any]) -> torch.Tensor:
         """``[r, c]`` targets: the given target (targeted mode), else the ``per_class`` most
@@ -190,12 +194,12 @@ class _State:
     def _record_classes(self, each: torch.Tensor, targets: torch.Tensor, norms: torch.Tensor,
                         points: torch.Tensor) -> None:
         """Keep, per sample and target class, the smallest adversarial found towards it."""
-        if self.class_best is None:
-            shape = (self.best.shape[0], self.class_norms.shape[1], *self.best.shape[1:])
-            self.class_best = self.run.inputs[:, None].expand(shape).clone()
         better = norms < self.class_norms[each, targets]
         e, t = each[better], targets[better]
-        self.class_norms[e, t], self.class_best[e, t] = norms[better], points[better]
+        self.class_norms[e, t] = norms[better]
+        if self.keep_class_points:
+            for i, c, point in zip(e.tolist(), t.tolist(), points[better]):
+                self.class_points[i, c] = point
 
 
 def _doubtful(norms: torch.Tensor, gap: float) -> torch.Tensor:
