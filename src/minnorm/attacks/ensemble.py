@@ -84,9 +84,9 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
     if run.targeted:  # members without a targeted mode sit out
         stages = [[m for m in stage if get(m[0]).targeted] for stage in stages]
     members = [m for stage in stages for m in stage]
-    state = _State(run, len(stages), len(members), total_passes)
     # the points behind the per-class norms are kept only if a member starts from them
-    state.keep_class_points = any(p.get("per_class") and p.get("from_best") for _, p in members)
+    keep = any(p.get("per_class") and p.get("from_best") for _, p in members)
+    state = _State(run, len(stages), len(members), total_passes, keep_class_points=keep)
     if run.batch_size == 0:
         return run.finish(inputs.clone(), info={"passes_per_stage": state.per_stage, "found_by": state.found_by})
     todo = ~run.is_adversarial(run.clean_logits)
@@ -110,7 +110,7 @@ class _State:
     """Per sample: the best adversarial of all members, each member's norm, the smallest norm
     found towards each class (``per_class`` members), and the passes of each stage."""
 
-    def __init__(self, run, n_stages: int, n_members: int, total_passes: int):
+    def __init__(self, run, n_stages: int, n_members: int, total_passes: int, keep_class_points: bool = False):
         n, dev = run.batch_size, run.inputs.device
         self.run = run
         self.per_stage = torch.zeros(n_stages, n, dtype=torch.long, device=dev)
@@ -122,7 +122,7 @@ class _State:
         # (sample, class) -> the point behind class_norms; a dict, since only the classes a
         # per_class member tried have one (1,000 ImageNet classes x the batch would not fit)
         self.class_points: dict[tuple[int, int], torch.Tensor] = {}
-        self.keep_class_points = False
+        self.keep_class_points = keep_class_points
         self.over = torch.zeros(n, dtype=torch.bool, device=dev)
         cap = torch.tensor(total_passes - 1, device=dev)  # the final check is the last pass
         self.limit = cap if run.model.limit is None else torch.minimum(run.model.limit, cap)

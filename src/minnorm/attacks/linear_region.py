@@ -48,52 +48,27 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          warm_start: bool = False, step_scale: float = 1.0, progress: bool = False,
                          pay_as_you_go: bool = False, flips: int = 0, flip_rounds: int = 3) -> AttackResult:
     """Algorithm 1 of the paper for p = 2 (``lra-l2``), p = inf (``lra-linf``) or p = 1 (``lra-l1``),
-    batched over images.
+    batched over images; settings, measurements and their history in docs/linear-region.md.
 
-    Starting points (Sec. 4): with ``starting_points`` (reference data such as training images,
-    ``[P, *x]`` in the box) each image gets, for its ``starts`` next most likely classes (the
-    target, targeted), the closest reference point the model assigns to that class. One more
-    start always comes from an attack, ``init``: DeepFool in the attack's norm (default,
-    untargeted; DDN where it fails), DDN with ``init_steps`` steps (``"ddn"``, and for targeted),
-    or any registered minimal-norm attack by name (say ``"tr-linf"``, with its defaults), so no
-    reference data is needed and an image's result never depends on the rest of the batch; or a
-    tensor ``[B, *x]`` of starting points per image (no passes; a start that is not adversarial
-    is dropped; the standard ensemble's polish; not with ``starting_points``). A binary search of
-    ``search_steps`` steps on the segment to the image follows.
-
-    Each start then runs ``regions`` iterations: a point ``y`` is sampled around the best
-    adversarial of that start (eq. 12-14 with ``q``, ``gamma``); if ``y``'s activation pattern is
-    new, the minimal-norm problem of its region is solved for the ``classes`` most likely other
-    classes at ``y`` (eq. 10; one problem against all classes for targeted, eq. 11): for p = 2 a QP
-    by at most ``qp_steps`` accelerated dual steps (:mod:`.qp`), for p = inf or 1 an LP by at most
-    ``qp_steps`` primal-dual steps (:mod:`._lp`); either stops early once its dual bound shows the
-    region cannot beat the image's best norm (``warm_start``: multipliers carried over from the
-    chain's previous region). Rows are preconditioned per layer from ``precondition_rows`` sampled rows, decision rows
-    normalised and scaled by ``decision_scale`` (Sec. 4.2). ``step_scale`` (L2 only): the QP's first
-    step is ``step_scale`` times the safe ``1 / (1.1 ||A||^2)``, halves at every drop of the dual and
-    grows back after 10 steps without one (:func:`._qp.solve_qp`): more accurate QPs per step (about
-    the accuracy of 300 plain steps in 120, benchmarks/lra_qp.py), but on the shipped CNNs more
-    accurate QPs did not make the attack stronger, so the default stays 1. Defaults since issue 15:
-    ``qp_steps=60``, ``power_iterations=8`` (before: 300 and 20; see docs/linear-region.md). A solution is accepted only after a
-    forward pass confirms it, at the smallest of a few overshoots ``1 + s`` that is adversarial.
-
-    ``flips=k`` (not in the paper; 0 by default) adds, after the sampled regions, up to
-    ``flip_rounds`` rounds of a local search over activation patterns: the ``k`` ReLUs nearest to
-    switching at the best point are flipped one at a time, and where that improves nothing in
-    pairs, and the problem of each flipped region is solved towards the best point's class
-    (:meth:`_Search.flip`); rounds stop once one improves nothing. On the shipped mlp-tiny it closes L1 gaps that no sampled
-    region does (image 31: 1.0615x -> 1.0000x the exact minimum; benchmarks/RESULTS.md).
-
-    Under a pass budget (:func:`~minnorm.core.call_with_budget`) a region's solve ends once its
-    image is past the budget (those passes would not be credited). ``pay_as_you_go`` ends it
-    earlier, while the image can still pay for the solve's last products and checks, and starts
-    no region whose set-up the image cannot pay for, so that every solution is credited (the
-    standard ensemble's polish, whose share of the passes one LP on a CNN can exceed); off by
-    default, so that a budget that is not reached changes nothing.
-
-    ``info``: ``regions_solved`` (regions solved per image), ``cache_hits`` (sampled regions
-    skipped because they were visited), ``qp_pruned`` (problems the dual bound rejected) and
-    ``qp_steps`` (solver steps over all problems). Supported layers: see :mod:`.piecewise`.
+    Starts (Sec. 4): one from an attack, ``init`` (DeepFool in the attack's norm, DDN where it
+    fails or for targeted, any registered minimal-norm attack by name, or a tensor ``[B, *x]``
+    of given points: no passes, a start that is not adversarial is dropped); with
+    ``starting_points`` (``[P, *x]`` reference data) also the closest reference point of each of
+    the ``starts`` next most likely classes. A binary search of ``search_steps`` steps on the
+    segment to the image follows. Each start then runs ``regions`` iterations: a point ``y`` is
+    sampled around its best adversarial (eq. 12-14, ``q``, ``gamma``); if ``y``'s activation
+    pattern is new, the minimal-norm problem of its region towards the ``classes`` most likely
+    other classes (eq. 10; eq. 11 targeted) is solved by at most ``qp_steps`` steps, a QP for
+    p = 2 (:mod:`._qp`; ``step_scale`` its first step), an LP for p = inf or 1 (:mod:`._lp`),
+    ended early once the dual bound shows the region cannot win (``warm_start``: the chain's
+    last multipliers). Rows are preconditioned per layer (``precondition_rows``,
+    ``decision_scale``, Sec. 4.2). A solution counts only once a forward pass confirms it.
+    ``flips=k`` (not in the paper) adds up to ``flip_rounds`` rounds of flipping the ``k`` ReLUs
+    nearest to switching (:meth:`_Search.flip`). Under a pass budget a solve ends once its image
+    is past it; ``pay_as_you_go`` ends it while the image can still pay for it and starts no
+    region it cannot pay for (the standard ensemble's polish; off by default, so that a budget
+    that is not reached changes nothing). ``info``: ``regions_solved``, ``cache_hits``,
+    ``qp_pruned``, ``qp_steps`` per image. Supported layers: see :mod:`._piecewise`.
     """
     p = _check_settings(inputs, norm, init, q, step_scale, gamma=gamma, decision_scale=decision_scale, qp_tol=qp_tol,
                         retries=retries, regions=regions, qp_steps=qp_steps, classes=classes, starts=starts,
