@@ -85,6 +85,34 @@ def test_ddn_start_only_improves_on_ddn():
     assert bool(res.success.all()) and bool((res.norms <= start.norms * (1 + 1e-9)).all())
 
 
+def test_init_params_reach_the_named_starting_attack():
+    """The start is the named attack run with ``init_params``: lra never ends above it, and its
+    passes include the start's (FMN's ``steps`` set here, not its registry default)."""
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(5, dtype=torch.float64)
+    y = true_labels(model, x)
+    params = {"steps": 15, "targets": 2}
+    start = minnorm.attacks.get("fmn-l1")(model, x, y, generator=torch.Generator().manual_seed(3), **params)
+    res = linear_region_attack(model, x, y, norm=1, regions=1, qp_steps=20, init="fmn-l1", init_params=params,
+                               generator=torch.Generator().manual_seed(3))
+    assert bool(start.success.all()) and bool(res.success.all())
+    assert bool((res.norms <= start.norms * (1 + 1e-9)).all())
+    assert bool((res.forward_passes >= start.forward_passes).all())
+    assert int(res.forward_passes.max()) < 500  # FMN's 15 steps, far from its default 1,000
+
+
+def test_bad_init_params_raise():
+    model = tiny_mlp()
+    x = tiny_inputs(2)
+    y = true_labels(model, x)
+    with pytest.raises(ValueError, match="takes no parameter 'stepz'"):
+        linear_region_attack(model, x, y, norm=1, init="fmn-l1", init_params={"stepz": 3})
+    with pytest.raises(ValueError, match="init_params apply to a registered attack"):
+        linear_region_attack(model, x, y, init="deepfool", init_params={"steps": 3})
+    with pytest.raises(ValueError, match="init_params must be a dict"):
+        linear_region_attack(model, x, y, norm=1, init="fmn-l1", init_params=[("steps", 3)])
+
+
 def test_region_cache_skips_visited_regions():
     model = tiny_mlp(dtype=torch.float64)
     x = tiny_inputs(4, dtype=torch.float64)

@@ -43,7 +43,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                          q: float = 0.8, gamma: float = 6.0, power_iterations: int = 8, precondition_rows: int = 10,
                          decision_scale: float = 10.0, retries: int = 2, qp_tol: float = 1e-5, search_steps: int = 20,
                          init: str | torch.Tensor = "deepfool", init_steps: int = 100,
-                         starting_points: torch.Tensor | None = None,
+                         init_params: dict | None = None, starting_points: torch.Tensor | None = None,
                          bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
                          warm_start: bool = False, step_scale: float = 1.0, progress: bool = False,
                          pay_as_you_go: bool = False, flips: int = 0, flip_rounds: int = 3) -> AttackResult:
@@ -51,8 +51,9 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
     batched over images; settings, measurements and their history in docs/linear-region.md.
 
     Starts (Sec. 4): one from an attack, ``init`` (DeepFool in the attack's norm, DDN where it
-    fails or for targeted, any registered minimal-norm attack by name, or a tensor ``[B, *x]``
-    of given points: no passes, a start that is not adversarial is dropped); with
+    fails or for targeted, any registered minimal-norm attack by name with its registry defaults
+    updated by ``init_params``, or a tensor ``[B, *x]`` of given points: no passes, a start
+    that is not adversarial is dropped); with
     ``starting_points`` (``[P, *x]`` reference data) also the closest reference point of each of
     the ``starts`` next most likely classes. A binary search of ``search_steps`` steps on the
     segment to the image follows. Each start then runs ``regions`` iterations: a point ``y`` is
@@ -75,6 +76,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                         power_iterations=power_iterations, precondition_rows=precondition_rows,
                         search_steps=search_steps, init_steps=init_steps, flip_rounds=flip_rounds)
     flips = check_int("flips", flips, minimum=0)
+    init = (init, _init_params(init, init_params))
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
     x0, n = run.inputs, run.batch_size
     if n == 0:
@@ -142,17 +144,34 @@ def _check_settings(inputs: torch.Tensor, norm: float | str, init: str | torch.T
     return p
 
 
+def _init_params(init: str | torch.Tensor, params: dict | None) -> dict:
+    """``params`` for the named starting attack ``init``, checked against its registry entry."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ValueError(f"init_params must be a dict of the starting attack's parameters, got {params!r}")
+    if isinstance(init, torch.Tensor) or init in ("deepfool", "ddn"):
+        if params:
+            what = "a tensor" if isinstance(init, torch.Tensor) else repr(init)
+            raise ValueError(f"init_params apply to a registered attack named by init, not to init={what}")
+        return {}
+    return get(init).check_params(params)
+
+
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
-                     init: str | torch.Tensor, init_steps: int, p: float = 2) -> torch.Tensor:
+                     init: tuple[str | torch.Tensor, dict], init_steps: int, p: float = 2) -> torch.Tensor:
     """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none); the
-    DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm."""
+    DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm;
+    ``init`` is the start's attack (or points) and the parameters for a named one."""
     x0, y = run.inputs[todo], run.labels[todo]
+    init, params = init
     if isinstance(init, torch.Tensor):
         if reference is not None:
             raise ValueError("init as a tensor of starting points and starting_points do not combine")
         return init[todo].to(x0)[:, None]
     if init not in ("deepfool", "ddn") and (get(init).targeted or not run.targeted):
-        res = get(init)(run.model.model, x0, y, targeted=run.targeted, bounds=run.bounds, generator=run.generator)
+        res = get(init)(run.model.model, x0, y, targeted=run.targeted, bounds=run.bounds, generator=run.generator,
+                        **params)
     elif init == "ddn" or run.targeted:
         res = ddn(run.model.model, x0, y, targeted=run.targeted, steps=init_steps, bounds=run.bounds,
                   generator=run.generator)
