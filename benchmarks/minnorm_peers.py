@@ -141,11 +141,7 @@ def summarise(results: dict[str, dict]) -> dict[str, dict]:
     norms = torch.tensor([r["norms"] for r in results.values()], dtype=torch.float64)
     best = norms.min(0).values
     for r in results.values():
-        ratio = torch.tensor(r["norms"], dtype=torch.float64) / best
-        ratio = torch.where(best == 0, torch.ones_like(ratio), ratio)
-        r["median_ratio"] = float(ratio.quantile(0.5)) if bool(torch.isfinite(ratio).all()) else float(ratio.median())
-        r["p90_ratio"] = float(torch.sort(ratio).values[min(len(ratio) - 1, math.ceil(0.9 * len(ratio)) - 1)])
-        r["wins"] = int((ratio <= 1 + 1e-3).sum())
+        r["median_ratio"], r["p90_ratio"], r["wins"] = _ratio_stats(torch.tensor(r["norms"], dtype=torch.float64), best)
     return results
 
 
@@ -157,6 +153,38 @@ def table(results: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def head_to_head(results: dict[str, dict]) -> list[list[str]]:
+    """Each minnorm attack alone against the peers: per image the reference is the smallest norm
+    of the peers and that attack (not minnorm's other attacks); the attack's median / p90 / wins,
+    and under the same reference the best peer by p90 and by median."""
+    peers = {k: torch.tensor(r["norms"], dtype=torch.float64) for k, r in results.items() if not k.startswith("minnorm")}
+    if not peers:
+        return []
+    rows = []
+    for name, r in results.items():
+        if not name.startswith("minnorm"):
+            continue
+        mine = torch.tensor(r["norms"], dtype=torch.float64)
+        ref = torch.minimum(torch.stack(list(peers.values())).min(0).values, mine)
+        stats = {k: _ratio_stats(v, ref) for k, v in {name: mine, **peers}.items()}
+        by_p90 = min(peers, key=lambda k, st=stats: (st[k][1], st[k][0]))
+        by_median = min(peers, key=lambda k, st=stats: (st[k][0], st[k][1]))
+        rows.append([name, f"{stats[name][0]:.4f}", f"{stats[name][1]:.4f}", f"{stats[name][2]}/{len(mine)}",
+                     *(f"{k} {stats[k][0]:.4f} / {stats[k][1]:.4f}" for k in (by_p90, by_median))])
+    return sorted(rows, key=lambda row: (float(row[2]), float(row[1])))
+
+
+def _ratio_stats(norms: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, int]:
+    """Median, 90th percentile (the order statistic) and images within 0.1% of ``ref`` of the
+    ratios ``norms / ref`` (1 where ``ref`` is 0, inf where the attack failed)."""
+    ratio = torch.where(ref == 0, torch.ones_like(norms), norms / ref)
+    median = float(ratio.quantile(0.5)) if bool(torch.isfinite(ratio).all()) else float(ratio.median())
+    p90 = float(torch.sort(ratio).values[min(len(ratio) - 1, math.ceil(0.9 * len(ratio)) - 1)])
+    return median, p90, int((ratio <= 1 + 1e-3).sum())
+
+
+HEAD_TO_HEAD = ["minnorm attack", "median ratio", "p90 ratio", "best (0.1%)", "best peer by p90: median / p90",
+                "best peer by median: median / p90"]
 HEADER = ["attack", "budget", "success", "median ratio", "p90 ratio", "best (0.1%)", "passes/sample", "seconds"]
 
 
@@ -172,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", type=Path, default=None,
                         help="a --json file of an earlier run on the same images: its attacks join the table "
                              "(and the best-known reference) without running again")
+    parser.add_argument("--head-to-head", action="store_true",
+                        help="also a table per model and norm of each minnorm attack alone against the peers")
     args = parser.parse_args(argv)
     earlier = json.loads(args.merge.read_text())["results"] if args.merge else {}
     torch.set_num_threads(args.threads)
@@ -196,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             out[key] = results
             print(f"\n### {key}: {desc}, {x.shape[0]} images, ~{args.passes} passes/sample\n")
             print(common.markdown_table(HEADER, table(results)), flush=True)
+            if args.head_to_head:
+                print(f"\n{key}, each minnorm attack alone against the peers (reference: the smallest norm of "
+                      "the peers and that attack)\n")
+                print(common.markdown_table(HEAD_TO_HEAD, head_to_head(results)), flush=True)
             if args.json:
                 args.json.write_text(json.dumps({"machine": common.machine_info(args.threads), "date": common.today(),
                                                  "n": int(x.shape[0]), "passes": args.passes, "results": out}))

@@ -85,3 +85,16 @@ def test_compare_end_to_end(tmp_path, capsys):
     text = out.read_text()
     assert "## fgsm vs peers" in text and "| pair |" in text and "fwd/sample" in text
     assert "median norm minnorm" in capsys.readouterr().out
+
+
+def test_head_to_head_leaves_minnorms_other_attacks_out_of_the_reference():
+    import minnorm_peers
+    results = {"minnorm a": {"norms": [1.0, 2.0, 3.0, 4.0]}, "minnorm b": {"norms": [0.5, 0.5, 0.5, 0.5]},
+               "peer x": {"norms": [2.0, 1.0, 3.0, math.inf]}, "peer y": {"norms": [1.5, 4.0, 6.0, 2.0]}}
+    rows = {row[0]: row for row in minnorm_peers.head_to_head(results)}
+    # a against min(x, y, a) = [1, 1, 3, 2]: ratios 1, 2, 1, 2; b (0.5 everywhere) does not count
+    assert rows["minnorm a"][1:4] == ["1.5000", "2.0000", "2/4"]
+    # x: 2, 1, 1, inf (with a failure the median is the lower middle value); y: 1.5, 4, 2, 1
+    assert rows["minnorm a"][4] == "peer y 1.7500 / 4.0000"  # best by p90
+    assert rows["minnorm a"][5] == "peer x 1.0000 / inf"  # best by median
+    assert rows["minnorm b"][1:4] == ["1.0000", "1.0000", "4/4"]
