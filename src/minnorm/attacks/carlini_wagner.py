@@ -21,37 +21,25 @@ def carlini_wagner_l2(model, inputs: torch.Tensor, labels: torch.Tensor, *, targ
                       initial_const: float = 1e-3, confidence: float = 0.0, abort_early: bool = True,
                       continue_failed: bool = True, bounds: tuple[float, float] = (0.0, 1.0),
                       generator: torch.Generator | None = None) -> AttackResult:
-    """C&W L2, Sec. VI-A of the paper.
-
-    Change of variables (Sec. V, method 3): ``x' = lower + (upper - lower) (tanh(w) + 1) / 2``,
-    so every iterate lies in the box; ``w`` starts at the atanh of the (slightly shrunk) input.
+    """C&W L2, Sec. VI-A of the paper. ``x' = lower + (upper - lower) (tanh(w) + 1) / 2`` keeps
+    every iterate in the box (Sec. V, method 3; ``w`` starts at the atanh of the shrunk input);
     Adam (``learning_rate``, TensorFlow defaults otherwise) minimises per sample
 
-        ||x' - x||_2^2 + c * max(Z_y - max_{i != y} Z_i, -kappa)          (untargeted)
-        ||x' - x||_2^2 + c * max(max_{i != t} Z_i - Z_t, -kappa)          (targeted, objective f_6)
-
-    with ``Z`` the logits and ``kappa = confidence``, coded as the authors do as
-    ``max(margin + kappa, 0)`` (same minimiser; it is the loss the early abort watches). A binary
-    search over ``c`` runs per sample for ``binary_search_steps`` rounds from ``initial_const``:
-    after a round that found a kappa-adversarial iterate, ``upper = min(upper, c)``, else
-    ``lower = max(lower, c)``; then ``c = (lower + upper) / 2``, or ``10 c`` while no upper bound
-    is known. As in the authors' code, every round restarts Adam, and with 10 or more rounds the
-    last one uses the upper bound. The authors also restart ``w`` at the input every round; with
-    ``continue_failed`` (the default) a sample whose round found nothing starts its next round,
-    with the larger ``c``, where the failed one ended, so far-away adversarials are reachable
-    within ``max_iterations`` per round (at 9 x 100 on the shipped CNN this breaks the samples
-    every peer library leaves unbroken; benchmarks/RESULTS.md). ``continue_failed=False`` is the
-    authors' reset. ``abort_early`` ends a sample's round once its loss
-    has not dropped below 0.9999 of its value ``max_iterations // 10`` iterations before (the
-    authors test the whole batch's loss; per sample keeps batch = one by one); that sample then
-    stops costing passes until the next round.
-
-    The paper used 9 x 10000 iterations (``max_iterations=10000``); the default 9 x 1000 is ten
-    times cheaper and, with early abort, usually close. The result is the smallest L2
-    kappa-adversarial iterate seen over all rounds and iterations. One forward and one backward
-    pass per iteration and active sample; samples adversarial with margin kappa at the clean
-    input are returned unchanged (norm 0) at no further cost. ``info["const"]`` holds each
-    sample's last ``c``, ``info["iterations"]`` its total iteration count.
+        ||x' - x||_2^2 + c * max(Z_y - max_{i != y} Z_i + kappa, 0)       (untargeted)
+        ||x' - x||_2^2 + c * max(max_{i != t} Z_i - Z_t + kappa, 0)       (targeted, objective f_6)
+    (``Z`` the logits, ``kappa = confidence``; the authors' form of ``max(., -kappa)``). A binary
+    search over ``c`` per sample, ``binary_search_steps`` rounds from ``initial_const``: a round
+    that found a kappa-adversarial sets ``upper = min(upper, c)``, else ``lower = max(lower, c)``;
+    then ``c`` is their mean, or ``10 c`` while there is no upper bound; every round restarts Adam,
+    and with 10 or more rounds the last uses the upper bound (as the authors do). Unlike them,
+    with ``continue_failed`` (default) a sample whose round found nothing goes on from where it
+    ended, with the larger ``c``, instead of from the input (at 9 x 100 on the shipped CNN this
+    breaks the samples every peer leaves unbroken; benchmarks/RESULTS.md). ``abort_early`` ends a
+    sample's round once its loss has not dropped below 0.9999 of its value ``max_iterations //
+    10`` iterations before (per sample; the authors test the batch's loss). The paper ran 9 x
+    10000 iterations; 9 x 1000 is ten times cheaper and, with early abort, usually close.
+    Returns the smallest kappa-adversarial iterate of all rounds (one forward and one backward
+    pass per iteration and active sample). ``info``: ``const`` (last ``c``), ``iterations``.
     """
     binary_search_steps = check_int("binary_search_steps", binary_search_steps)
     max_iterations = check_int("max_iterations", max_iterations)

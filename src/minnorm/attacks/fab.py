@@ -38,14 +38,13 @@ def fab(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     ``targets=k`` is FAB-T: one run (of ``steps`` iterations, times ``restarts``) per class among
     the ``k`` largest clean logits besides the label, each linearising only ``f_t - f_c``. With
     ``targeted=True`` the target is the given label and the competitor the strongest other class.
-    ``candidates`` limits untargeted FAB to the classes with the largest clean logits (all by
-    default).
+    ``candidates`` limits untargeted FAB to the classes with the largest clean logits (default all).
 
     Cost per iteration and active sample: one forward pass and one backward pass per linearised
     class (K - 1 for untargeted FAB, 1 for FAB-T), plus one forward pass when the iterate was
     adversarial (the backward step moves the point). Returns the smallest adversarial queried,
-    after ``refine`` bisection steps (one forward pass each) on the segment from the input to the
-    best point, which removes the ``eta`` overshoot (not in the paper).
+    after ``refine`` bisection steps towards the input (one forward each; removes the ``eta``
+    overshoot; not in the paper).
     """
     steps = check_int("steps", steps)
     restarts = check_int("restarts", restarts)

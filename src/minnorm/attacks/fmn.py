@@ -46,12 +46,10 @@ def fmn(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str 
     the nearest class again); every misclassified point is recorded. A later run starts at the
     radius of the best adversarial so far, so it only looks for smaller ones.
 
-    ``gamma_k`` and ``alpha_k`` are cosine-annealed from ``gamma_init``/``alpha_init`` to
-    ``gamma_final``/``alpha_final`` (default ``alpha_init / 100``). ``alpha_init`` defaults per
-    norm (L1 5, L2 1, Linf 3). Returns the smallest adversarial queried (line 14), never the last
-    iterate, after ``refine`` bisection steps on the segment from the input to the best point
-    (one forward pass each; not in the paper, see ``_minimal.refine_on_segment``). Deterministic;
-    ``generator`` only breaks ties on flat (zero-gradient) points.
+    ``gamma_k``, ``alpha_k``: cosine-annealed to ``gamma_final``/``alpha_final`` (default
+    ``alpha_init / 100``; ``alpha_init`` per norm: L1 5, L2 1, Linf 3). Returns the smallest
+    adversarial queried (line 14) after ``refine`` bisection steps towards the input (one forward
+    each; ``_minimal.refine_on_segment``). ``generator`` only breaks ties on flat points.
     """
     steps = check_int("steps", steps)
     if targets is not None:
