@@ -5,15 +5,16 @@ each of the 9 other classes from 2 starts, APGD-T over every class, FMN with wha
 linear-region polish of the best point left the Linf line-up in the sixth session: as strong
 without it on mlp-tiny and the CNNs, and 36% faster). L2: the trust region over 9 classes x 4
 starts, a polish of the best point so far by the linear-region attack (exact QP in its linear
-region and in regions sampled around it), FMN. L1: FAB-T over the 3 most likely classes (the strongest L1 attack on the adversarially
-trained CNN), FMN towards each of the 9 other classes (each run on its own, so that every class
-keeps its own best point), then the polish with neuron flips (``lra-l1(flips=3)``: the ReLUs
-nearest to switching at the best point are flipped, alone and in pairs, and each flipped
-region's LP solved), which reached the exact minimum where the sampled regions stayed 6% above
-it (fifth session), then FMN with what is left. Every class is tried since
-on the worst images of the shipped mlp-tiny the exact minimum goes to the 4th-6th most likely
-class, which top-3 targeting never tries; the trust region's class-wise linearised steps from
-several starts are what fixed the last few worst images (benchmarks/RESULTS.md, fourth session).
+region and in regions sampled around it), FMN. L1: FAB-T over the 3 most likely classes (the
+strongest L1 attack on the adversarially trained CNN), FMN towards each of the 9 other classes
+(each run on its own, so that every class keeps its own best point), then the polish with
+neuron flips (``lra-l1(flips=3)``: the ReLUs nearest to switching at the best point are
+flipped, alone and in pairs, and each flipped region's LP solved), which reached the exact
+minimum where the sampled regions stayed 6% above it (fifth session), then FMN with what is
+left. Every class is tried since on the worst images of the shipped mlp-tiny the exact minimum
+goes to the 4th-6th most likely class, which top-3 targeting never tries; the trust region's
+class-wise linearised steps from several starts are what fixed the last few worst images
+(benchmarks/RESULTS.md, fourth session).
 Stages after the first (none by default) run only where the members so far
 leave a doubt: no adversarial found, or the two best norms disagreeing by more than ``gap``.
 Per sample the smallest adversarial of all members is returned. Every member runs under the
