@@ -76,7 +76,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                         power_iterations=power_iterations, precondition_rows=precondition_rows,
                         search_steps=search_steps, init_steps=init_steps, flip_rounds=flip_rounds)
     flips = check_int("flips", flips, minimum=0)
-    init = (init, _init_params(init, init_params))
+    start = (init, _init_params(init, init_params))  # the starting attack (or points), its parameters
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
     x0, n = run.inputs, run.batch_size
     if n == 0:
@@ -91,7 +91,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
         todo = (~run.is_adversarial(run.clean_logits)).nonzero().squeeze(1)
         adv = x0.clone()
         if todo.numel():
-            first = _starting_points(run, todo, starting_points, starts, init, init_steps, p)
+            first = _starting_points(run, todo, starting_points, starts, start, init_steps, p)
             best, norms = _walk(search, todo, first, search_steps, regions, progress, (flips, flip_rounds))
             found = torch.isfinite(norms)
             adv[todo[found]] = best[found]
@@ -159,12 +159,12 @@ def _init_params(init: str | torch.Tensor, params: dict | None) -> dict:
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
-                     init: tuple[str | torch.Tensor, dict], init_steps: int, p: float = 2) -> torch.Tensor:
+                     start: tuple[str | torch.Tensor, dict], init_steps: int, p: float = 2) -> torch.Tensor:
     """``[b, M, *x]`` candidate adversarials per image to attack (NaN where there is none); the
     DeepFool start uses the attack's norm ``p``, DDN's (an L2 attack) is a start for any norm;
-    ``init`` is the start's attack (or points) and the parameters for a named one."""
+    ``start`` is the starting attack (or points) and the parameters for a named one."""
     x0, y = run.inputs[todo], run.labels[todo]
-    init, params = init
+    init, params = start
     if isinstance(init, torch.Tensor):
         if reference is not None:
             raise ValueError("init as a tensor of starting points and starting_points do not combine")
