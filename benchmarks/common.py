@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import math
 import os
 import platform
@@ -105,6 +106,15 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor,
     success = finite & inside & within & fooled
     norms = torch.where(success, norms, torch.full_like(norms, math.inf))
     return Score(success, norms, int((finite & ~inside).sum()), int((finite & inside & ~within).sum()))
+
+
+def parse_attack_spec(spec: str) -> tuple[str, str, dict]:
+    """``[label=]name[:{json params}]`` -> (label, registered name, params); the label defaults
+    to the whole spec."""
+    head = spec.split(":", 1)[0]
+    label, rest = spec.split("=", 1) if "=" in head else (spec, spec)
+    name, _, params = rest.partition(":")
+    return label, name, json.loads(params) if params else {}
 
 
 def cpu_model() -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import torch
 
 import minnorm
 import minnorm.data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 CACHE = Path(__file__).parent / "exact-mlp-tiny.json"  # from benchmarks/out/certify-mlp-tiny-*-final.json
 DEFAULT = {"linf": ["ensemble-linf", "lra-linf", "fmn-linf", "apgd-linf", "fab-linf", "tr-linf", "deepfool-linf"],
@@ -40,11 +44,6 @@ def reference(norm: str, n: int) -> tuple[list[float], list[str], list[float]]:
     exact = [float(u) if s == "exact" else math.inf for s, u in zip(status, pad(data["upper"], None))]
     cached = [math.inf if v is None else float(v) for v in pad(data["best_attack"], None)]
     return exact, status, cached
-
-
-def parse(spec: str) -> tuple[str, str, dict]:
-    name, _, params = spec.partition(":")
-    return spec, name, json.loads(params) if params else {}
 
 
 def row(label: str, ratio: torch.Tensor, success: float, passes: float, seconds: float) -> str:
@@ -71,7 +70,7 @@ def main() -> None:
         correct = model(x).argmax(1) == y
     exact, status, cached = reference(args.norm, args.n)
     runs = {}
-    for label, name, params in map(parse, args.attacks or DEFAULT[args.norm]):
+    for label, name, params in map(common.parse_attack_spec, args.attacks or DEFAULT[args.norm]):
         t = time.perf_counter()
         res = minnorm.attacks.get(name)(model, x, y, generator=torch.Generator().manual_seed(0), **params)
         sec = time.perf_counter() - t

@@ -12,20 +12,18 @@ the per-image best, and the images where the row is within 0.1% of it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import minnorm
 import minnorm.data
 
-
-def parse(spec: str) -> tuple[str, str, dict]:
-    label, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else ("", "", spec)
-    name, _, params = rest.partition(":")
-    return label or rest, name, json.loads(params) if params else {}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +40,7 @@ def main() -> None:
         ok = model(x).argmax(1) == y
     x, y = x[ok][:args.n], y[ok][:args.n]
     rows = {}
-    for label, name, params in map(parse, args.attacks):
+    for label, name, params in map(common.parse_attack_spec, args.attacks):
         start = time.perf_counter()
         res = minnorm.attacks.get(name)(model, x, y, generator=torch.Generator().manual_seed(0), **params)
         seconds = (time.perf_counter() - start) / len(x)

@@ -98,3 +98,10 @@ def test_head_to_head_leaves_minnorms_other_attacks_out_of_the_reference():
     assert rows["minnorm a"][4] == "peer y 1.7500 / 4.0000"  # best by p90
     assert rows["minnorm a"][5] == "peer x 1.0000 / inf"  # best by median
     assert rows["minnorm b"][1:4] == ["1.0000", "1.0000", "4/4"]
+
+
+def test_attack_spec_takes_an_optional_label_and_json_params():
+    assert common.parse_attack_spec("ensemble-l1") == ("ensemble-l1", "ensemble-l1", {})
+    assert common.parse_attack_spec('a=fmn-l1:{"targets": 3}') == ("a", "fmn-l1", {"targets": 3})
+    spec = 'fmn-l1:{"x": "a=b"}'  # an '=' inside the parameters is not a label
+    assert common.parse_attack_spec(spec) == (spec, "fmn-l1", {"x": "a=b"})

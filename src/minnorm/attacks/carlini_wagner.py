@@ -49,7 +49,6 @@ def carlini_wagner_l2(model, inputs: torch.Tensor, labels: torch.Tensor, *, targ
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=2, generator=generator)
     if run.batch_size == 0:
         return run.finish(inputs.clone())
-
     x, n = run.inputs, run.batch_size
     lo, hi = run.bounds
     w0 = torch.atanh(((x - lo) / (hi - lo) * 2 - 1) * _SHRINK)

@@ -264,20 +264,12 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
     one backward pass per step. A sample stops once all its pixels show their target; the
     iterate with the largest share of target pixels is returned.
     """
-    bounds = check_batch(inputs, bounds)
-    p = parse_norm(norm)
-    steps = check_int("steps", steps)
-    eps = check_positive("eps", eps, allow_zero=True)
-    if scores not in ("logits", "probabilities"):
-        raise ValueError(f"scores must be logits or probabilities, got {scores!r}")
+    bounds, p, steps, eps = _check_dense_settings(inputs, bounds, norm, steps, eps, scores)
     started = time.perf_counter()
     x0 = inputs.detach()
     b = x0.shape[0]
     counted = CountedModel(model, b, x0.device)
-    with torch.no_grad():
-        out = counted(x0) if b else None
-    if b and (out.dim() < 3 or out.shape[0] != b):
-        raise ValueError(f"model output must be dense scores [B, C, ...], got shape {tuple(out.shape)}")
+    out = _clean_dense_scores(counted, x0)
     t = _target_map(targets, out, x0, ignore_index)
     valid = t != ignore_index
     counts = valid.flatten(1).sum(1).clamp_min(1)
@@ -316,6 +308,26 @@ def dense_targeted_attack(model, inputs: torch.Tensor, targets: torch.Tensor | i
         x[active] = (x[active] + eta).clamp(*bounds)
     return DenseAttackResult(best, best_frac, clean_frac, lp_norm(best - x0, p), counted.forward_passes,
                              counted.backward_passes, time.perf_counter() - started)
+
+
+def _check_dense_settings(inputs: torch.Tensor, bounds: tuple[float, float], norm: float | str, steps: int,
+                          eps: float, scores: str) -> tuple[tuple[float, float], float, int, float]:
+    """The dense attack's settings, checked before any pass: bounds, norm, steps, eps."""
+    bounds = check_batch(inputs, bounds)
+    if scores not in ("logits", "probabilities"):
+        raise ValueError(f"scores must be logits or probabilities, got {scores!r}")
+    return bounds, parse_norm(norm), check_int("steps", steps), check_positive("eps", eps, allow_zero=True)
+
+
+def _clean_dense_scores(counted: CountedModel, x0: torch.Tensor) -> torch.Tensor | None:
+    """The scores ``[B, C, *S]`` at the clean inputs (one counted pass; None for an empty batch)."""
+    if x0.shape[0] == 0:
+        return None
+    with torch.no_grad():
+        out = counted(x0)
+    if out.dim() < 3 or out.shape[0] != x0.shape[0]:
+        raise ValueError(f"model output must be dense scores [B, C, ...], got shape {tuple(out.shape)}")
+    return out
 
 
 def _target_map(targets: torch.Tensor | int, out: torch.Tensor | None, x0: torch.Tensor, ignore_index: int

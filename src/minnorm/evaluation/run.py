@@ -35,6 +35,33 @@ def batch_seed(seed: int, batch: int, attack: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def _radii(eps, epsilons, eps_search: bool, grid) -> tuple:
+    """The checked radii the user asks about (``eps``), those fixed-eps attacks run at
+    (``epsilons``, by default ``eps`` unless searching) and the curves' ``grid``."""
+    eps = None if eps is None else check_grid([eps] if isinstance(eps, (int, float, str)) else eps, "eps")
+    if epsilons is None and not eps_search:
+        epsilons = eps
+    return eps, epsilons, check_grid(grid)
+
+
+def _default_search_max(plans, p: float, x: torch.Tensor, box: tuple[float, float]) -> None:
+    """An eps search without ``search_max`` searches up to the box's diameter in norm ``p``."""
+    for plan in plans:
+        if plan.mode == "search" and plan.search_max is None:
+            plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, box)
+
+
+def _config(model, x: torch.Tensor, y: torch.Tensor, plans, p: float, settings: dict[str, Any],
+            describe: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run records (and a resume compares against): model, data, attacks, norm, settings."""
+    config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
+                        "fingerprint": model_fingerprint(model)},
+              "data": {**(describe or {}).get("data", {}), "samples": len(x), "shape": list(x.shape[1:]),
+                       "fingerprint": tensor_fingerprint(x, y)},
+              "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p, **settings}
+    return jsonable(config)
+
+
 def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm: float | str = 2, *,
              batch_size: int = 100, seed: int = 0, budget: int | None = None,
              epsilons: Sequence[float] | None = None, eps_search: bool = False, search_steps: int = 10,
@@ -58,11 +85,10 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     run in ``out`` is resumed, and the reports are written there at the end; a finished run is
     kept unless ``overwrite``. Under ``torchrun`` the batches are shared among the ranks.
 
-    ``targets`` makes the evaluation targeted: a tensor ``[N]`` of target classes, or
-    a class index, ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per
-    sample from the seed, or the lowest clean logit), or ``"all"`` (every other class in turn; a
-    sample's norm is its smallest over the targets); samples whose target is their label are
-    not attacked.
+    ``targets`` makes the evaluation targeted: a tensor ``[N]`` of target classes, a class index,
+    ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per sample from the
+    seed, or the lowest clean logit), or ``"all"`` (every other class in turn; a sample's norm
+    is its smallest over the targets); samples whose target is their label are not attacked.
     ``eps`` are the radii the user asks about: the headline robust accuracy and the summary's
     columns are reported there, and fixed-epsilon attacks run there unless ``epsilons`` say
     otherwise. ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
@@ -72,32 +98,22 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     x, y = _as_tensors(data)
     p = parse_norm(norm)
     _check_settings(batch_size, budget, search_steps, examples, sanity_margin)
-    eps = None if eps is None else check_grid([eps] if isinstance(eps, (int, float, str)) else eps, "eps")
-    if epsilons is None and not eps_search:
-        epsilons = eps
+    eps, epsilons, grid = _radii(eps, epsilons, eps_search, grid)
     check_eval_mode(model)
-    grid = check_grid(grid)
     lo, hi = _check_box(x, bounds)
     plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick,
                        targeted=targets is not None)
-    for plan in plans:
-        if plan.mode == "search" and plan.search_max is None:
-            plan.search_max = box_diameter(p, x[0].numel() if len(x) else 1, (lo, hi))
+    _default_search_max(plans, p, x, (lo, hi))
     device = torch.device(device) if device is not None else _model_device(model)
     targets = _check_targets(targets, y)
     _check_certify(certify, targets)
     _preflight(model, x, y, targets, plans, (lo, hi), device, certify)
 
-    config = {"model": {**(describe or {}).get("model", {}), "class": type(model).__qualname__,
-                        "fingerprint": model_fingerprint(model)},
-              "data": {**(describe or {}).get("data", {}), "samples": len(x), "shape": list(x.shape[1:]),
-                       "fingerprint": tensor_fingerprint(x, y)},
-              "attacks": [pl.describe() for pl in plans], "norm": "linf" if math.isinf(p) else p,
-              "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
-              "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
-              "targets": _describe_targets(targets), "eps": eps, "certify": certify,
-              "certify_time_limit": certify_time_limit if certify == "exact" else None}
-    config = jsonable(config)  # what is saved is what a resume compares against
+    settings = {"seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
+                "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
+                "targets": _describe_targets(targets), "eps": eps, "certify": certify,
+                "certify_time_limit": certify_time_limit if certify == "exact" else None}
+    config = _config(model, x, y, plans, p, settings, describe)
 
     group = dist_util.setup(device)
     try:

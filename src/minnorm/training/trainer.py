@@ -110,15 +110,10 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
     ``on_epoch_end(entry)`` is called after each checkpoint. The model's train/eval modes are
     restored on return.
     """
-    epochs = check_int("epochs", epochs)
-    lr = check_positive("lr", lr)
-    batch_size = check_int("batch_size", batch_size)
-    weight_decay = check_positive("weight_decay", weight_decay, allow_zero=True)
-    robust_samples = check_int("robust_samples", robust_samples, minimum=0)
-    learning_rate(schedule, lr, 0, 1)
-    x_train, y_train = train_data
-    if x_train.shape[0] != y_train.shape[0] or x_train.shape[0] == 0:
-        raise ValueError(f"train_data must be a non-empty pair (x, y), got {x_train.shape[0]} and {y_train.shape[0]}")
+    epochs, lr, batch_size, weight_decay, robust_samples = _check_settings(
+        train_data, schedule, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+        robust_samples=robust_samples)
+    x_train = train_data[0]
     adv = Adversary(adversary, max_norm, adversary_kwargs or {}) if adversary else None
     device, dtype = _device_dtype(model)
     config = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": optimizer,
@@ -145,14 +140,33 @@ def train(model: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor],
             if ckpt_dir is not None:
                 _save_checkpoint(ckpt_dir, model, opt, gens, log, config)
             if progress:
-                shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in entry.items() if v is not None}
-                tqdm.write("  ".join(f"{k}={v}" for k, v in shown.items()))
+                _print_entry(entry)
             if on_epoch_end is not None:
                 on_epoch_end(entry)
     finally:
         for m, mode in modes:
             m.training = mode
     return log
+
+
+def _check_settings(train_data: tuple[torch.Tensor, torch.Tensor], schedule: str, *, epochs: int, lr: float,
+                    batch_size: int, weight_decay: float, robust_samples: int) -> tuple[int, float, int, float, int]:
+    """The numeric settings, checked (a ValueError names the bad one), and the schedule's name
+    and the training data's shape refused early."""
+    checked = (check_int("epochs", epochs), check_positive("lr", lr), check_int("batch_size", batch_size),
+               check_positive("weight_decay", weight_decay, allow_zero=True),
+               check_int("robust_samples", robust_samples, minimum=0))
+    learning_rate(schedule, checked[1], 0, 1)
+    x_train, y_train = train_data
+    if x_train.shape[0] != y_train.shape[0] or x_train.shape[0] == 0:
+        raise ValueError(f"train_data must be a non-empty pair (x, y), got {x_train.shape[0]} and {y_train.shape[0]}")
+    return checked
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    """One line per epoch: every logged value, floats to 4 decimals."""
+    shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in entry.items() if v is not None}
+    tqdm.write("  ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def _resume(path: Path, config: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
