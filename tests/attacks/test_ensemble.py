@@ -38,6 +38,11 @@ def test_best_of_members_within_the_total_budget():
     assert stages.shape == (len(STAGES[math.inf]), 8) and bool((stages[0] > 0).all())
     members = res.info["members"]
     assert members[0] == first and int(res.info["found_by"].min()) >= 0
+    per_member, member_norms = res.info["passes_per_member"], res.info["member_norms"]
+    assert per_member.shape == member_norms.shape == (len(members), 8)
+    assert torch.equal(per_member.sum(0), stages.sum(0)) and bool((per_member[0] > 0).all())
+    torch.testing.assert_close(member_norms[0], alone.norms.double())  # the first member saw the whole budget
+    torch.testing.assert_close(member_norms.min(0).values, res.norms.double())
 
 
 def test_costly_stage_only_where_the_cheap_ones_disagree():

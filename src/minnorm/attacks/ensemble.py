@@ -75,7 +75,9 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
     what is left, or its ``passes``; the final check is included). Member options ``per_class``,
     ``passes`` and ``from_best``: see :data:`STAGES`. ``quick_members`` runs each member with its
     registered quick settings (for smoke tests). ``info``: ``passes_per_stage`` ``[stages, B]``,
-    ``found_by`` (member index per sample, -1 where none) and ``members``."""
+    ``passes_per_member`` and ``member_norms`` ``[members, B]`` (each member's smallest adversarial
+    norm, inf where it found none or did not run), ``found_by`` (member index per sample, -1 where
+    none) and ``members``."""
     total_passes = check_int("total_passes", total_passes, minimum=2)
     gap = check_positive("gap", gap, allow_zero=True)
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
@@ -99,7 +101,8 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
             quick = get(name).quick if quick_members else {}
             state.member(s, k, name, {**params, **quick}, todo)
             k += 1
-    out = run.finish(state.best, info={"passes_per_stage": state.per_stage, "found_by": state.found_by,
+    out = run.finish(state.best, info={"passes_per_stage": state.per_stage, "passes_per_member": state.per_member,
+                                       "member_norms": state.norms, "found_by": state.found_by,
                                        "members": [m[0] for m in members]})
     # A member stopped at its share may have run a pass past it that it could not credit: the
     # sample is over budget (not hidden), though its adversarial is the member's within the share.
@@ -115,6 +118,7 @@ class _State:
         n, dev = run.batch_size, run.inputs.device
         self.run = run
         self.per_stage = torch.zeros(n_stages, n, dtype=torch.long, device=dev)
+        self.per_member = torch.zeros(n_members, n, dtype=torch.long, device=dev)
         self.found_by = torch.full((n,), -1, dtype=torch.long, device=dev)
         self.norms = torch.full((n_members, n), math.inf, dtype=torch.float64, device=dev)
         self.best = run.inputs.clone()
@@ -157,6 +161,7 @@ class _State:
         run.model.charge(each, forward=res.forward_passes, backward=res.backward_passes)
         self.over[each[res.over_budget]] = True
         self.per_stage[s].index_add_(0, each, res.passes)
+        self.per_member[k].index_add_(0, each, res.passes)
         self._record(k, rows, c, res, labels if classes is not None else None)
 
     def _starts(self, each: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
