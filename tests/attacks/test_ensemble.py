@@ -133,3 +133,16 @@ def test_per_class_polish_starts_from_each_class_best_point(monkeypatch):
                                              targets=None)
         assert bool(one.success[0])
         torch.testing.assert_close(seen["init"][row], one.adversarials[0])
+
+
+@pytest.mark.parametrize("stages, message", [
+    (5, "non-empty list"), ([], "non-empty list"), ([[]], "the stage"), ([["fmn-l1"]], "the member"),
+    ([[("fmn-l2", {})]], "does not fit an l1 ensemble"), ([[("pgd-l1", {})]], "fixed-eps"),
+    ([[("fmn-l1", {"stepz": 3})]], "takes no parameter 'stepz'"), ([[("fmn-l1", {"norm": 2})]], "fixes norm"),
+    ([[("fmn-l1", {"steps": 3})], [("nope", {})]], "unknown attack"),
+])
+def test_bad_stages_raise_before_any_member_runs(stages, message):
+    """A member of another norm would mix norms in the best-of choice and the printed radius."""
+    model, x = tiny_mlp(dtype=torch.float64), tiny_inputs(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        minnorm.attacks.ensemble(model, x, true_labels(model, x), norm=1.0, stages=stages)

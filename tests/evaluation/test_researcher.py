@@ -144,6 +144,9 @@ def test_standard_preset_is_the_default(data, tmp_path, capsys):
     assert main(base + ["--preset", "standard", "--norm", "2", "--eps", "0.5"]) == 0
     assert "ensemble-l2" in capsys.readouterr().out
     assert main(base + ["--preset", "standard", "--attacks", "ddn"]) == 2
+    capsys.readouterr()
+    assert main(base + ["--norm", "l3"]) == 2  # no ensemble for l3: said so, not as an unknown attack
+    assert "has an ensemble for the norms l2, linf, l1, not l3" in capsys.readouterr().err
     assert minnorm.evaluation.norms.split_attacks(["l1"], None) == {"l1": ["ensemble-l1"]}
 
 

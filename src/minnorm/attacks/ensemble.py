@@ -81,9 +81,9 @@ def ensemble(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
     total_passes = check_int("total_passes", total_passes, minimum=2)
     gap = check_positive("gap", gap, allow_zero=True)
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
-    stages = STAGES.get(run.norm) if stages is None else stages
-    if not stages:
+    if stages is None and run.norm not in STAGES:
         raise NotImplementedError(f"no default ensemble for the l{run.norm:g} norm; pass stages=[[(name, params)]]")
+    stages = _check_stages(STAGES[run.norm] if stages is None else stages, run.norm)
     if run.targeted:  # members without a targeted mode sit out
         stages = [[m for m in stage if get(m[0]).targeted] for stage in stages]
     members = [m for stage in stages for m in stage]
@@ -206,6 +206,34 @@ class _State:
         if self.keep_class_points:
             for i, c, point in zip(e.tolist(), t.tolist(), points[better]):
                 self.class_points[i, c] = point
+
+
+def _check_stages(stages: Any, norm: float) -> list[list[tuple[str, dict[str, Any]]]]:
+    """The line-up as lists of ``(name, params)`` pairs, or a ValueError: each member must be a
+    registered minimal-norm attack of the ensemble's norm (a member of another norm would mix
+    norms in the best-of choice and the printed radius) with parameters its entry accepts."""
+    shape = "stages must be a non-empty list of non-empty lists of (name, params) pairs"
+    if not isinstance(stages, (list, tuple)) or not stages:
+        raise ValueError(f"{shape}, got {stages!r}")
+    out = []
+    for stage in stages:
+        if not isinstance(stage, (list, tuple)) or not stage:
+            raise ValueError(f"{shape}, got the stage {stage!r}")
+        members = []
+        for member in stage:
+            if not (isinstance(member, (list, tuple)) and len(member) == 2 and isinstance(member[0], str)
+                    and isinstance(member[1], dict)):
+                raise ValueError(f"{shape}, got the member {member!r}")
+            name, params = member
+            spec = get(name)
+            if not spec.minimal or spec.norm != norm:
+                kind = f"minimal l{spec.norm:g}" if spec.minimal else "fixed-eps"
+                raise ValueError(f"ensemble member {name!r} ({kind}) does not fit an l{norm:g} ensemble: members "
+                                 f"must be minimal-norm l{norm:g} attacks")
+            spec.check_params({k: v for k, v in params.items() if k not in _OWN})
+            members.append((name, dict(params)))
+        out.append(members)
+    return out
 
 
 def _doubtful(norms: torch.Tensor, gap: float) -> torch.Tensor:

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import evaluation
     from ..core import parse_norm
     from ..evaluation.plan import norm_name
+    from ..evaluation.norms import PRESETS
     from ..evaluation.plan import parse_grid
 
     c.check_out(args.out)  # before anything runs
@@ -128,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if args.preset and args.attacks:
         raise ValueError("--preset and --attacks exclude each other")
     if args.preset and not args.norms:
-        args.attacks = f"ensemble-{norm_name(parse_norm(args.norm or 'inf'))}"
+        tag = norm_name(parse_norm(args.norm or "inf"))
+        if tag not in PRESETS:
+            raise ValueError(f"--preset standard has an ensemble for the norms {', '.join(PRESETS)}, not {tag}")
+        args.attacks = f"ensemble-{tag}"
     names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
     params = attack_params(args.param, names)
@@ -171,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_eps(text: str | None, per_norm: bool):
     """``8/255,0.1`` (one norm) or ``linf=8/255,l2=0.5`` (with --norms)."""
+    from ..evaluation.norms import PRESETS
     from ..evaluation.plan import parse_grid
 
     if not text:
