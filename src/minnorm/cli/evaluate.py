@@ -175,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_eps(text: str | None, per_norm: bool):
     """``8/255,0.1`` (one norm) or ``linf=8/255,l2=0.5`` (with --norms)."""
-    from ..evaluation.norms import PRESETS
     from ..evaluation.plan import parse_grid
 
     if not text:
