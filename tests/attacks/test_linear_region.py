@@ -111,6 +111,8 @@ def test_bad_init_params_raise():
         linear_region_attack(model, x, y, init="deepfool", init_params={"steps": 3})
     with pytest.raises(ValueError, match="init_params must be a dict"):
         linear_region_attack(model, x, y, norm=1, init="fmn-l1", init_params=[("steps", 3)])
+    with pytest.raises(ValueError, match="no targeted mode"):  # DeepFool-L2 untargeted only: params unused
+        linear_region_attack(model, x, (y + 1) % 3, targeted=True, init="deepfool-l2", init_params={"max_iterations": 3})
 
 
 def test_region_cache_skips_visited_regions():

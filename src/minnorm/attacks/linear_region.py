@@ -76,7 +76,7 @@ def linear_region_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, t
                         power_iterations=power_iterations, precondition_rows=precondition_rows,
                         search_steps=search_steps, init_steps=init_steps, flip_rounds=flip_rounds)
     flips = check_int("flips", flips, minimum=0)
-    start = (init, _init_params(init, init_params))  # the starting attack (or points), its parameters
+    start = (init, _init_params(init, init_params, targeted))  # the starting attack (or points), its parameters
     run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=p, generator=generator)
     x0, n = run.inputs, run.batch_size
     if n == 0:
@@ -144,8 +144,9 @@ def _check_settings(inputs: torch.Tensor, norm: float | str, init: str | torch.T
     return p
 
 
-def _init_params(init: str | torch.Tensor, params: dict | None) -> dict:
-    """``params`` for the named starting attack ``init``, checked against its registry entry."""
+def _init_params(init: str | torch.Tensor, params: dict | None, targeted: bool) -> dict:
+    """``params`` for the named starting attack ``init``, checked against its registry entry (a
+    targeted run starts from DDN where ``init`` has no targeted mode: no params for it then)."""
     if params is None:
         return {}
     if not isinstance(params, dict):
@@ -155,7 +156,11 @@ def _init_params(init: str | torch.Tensor, params: dict | None) -> dict:
             what = "a tensor" if isinstance(init, torch.Tensor) else repr(init)
             raise ValueError(f"init_params apply to a registered attack named by init, not to init={what}")
         return {}
-    return get(init).check_params(params)
+    spec = get(init)
+    if targeted and params and not spec.targeted:
+        raise ValueError(f"init={init!r} has no targeted mode: a targeted run starts from DDN, so init_params "
+                         "would be ignored")
+    return spec.check_params(params)
 
 
 def _starting_points(run, todo: torch.Tensor, reference: torch.Tensor | None, starts: int,
