@@ -115,9 +115,7 @@ def load_data_checked(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation
-    from ..core import parse_norm
-    from ..evaluation.plan import norm_name
-    from ..evaluation.norms import PRESETS
+    from ..evaluation.norms import split_attacks
     from ..evaluation.plan import parse_grid
 
     c.check_out(args.out)  # before anything runs
@@ -129,10 +127,8 @@ def run(args: argparse.Namespace) -> int:
     if args.preset and args.attacks:
         raise ValueError("--preset and --attacks exclude each other")
     if args.preset and not args.norms:
-        tag = norm_name(parse_norm(args.norm or "inf"))
-        if tag not in PRESETS:
-            raise ValueError(f"--preset standard has an ensemble for the norms {', '.join(PRESETS)}, not {tag}")
-        args.attacks = f"ensemble-{tag}"
+        (preset,) = split_attacks([args.norm or "inf"], None).values()
+        args.attacks = ",".join(preset)
     names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
     params = attack_params(args.param, names)

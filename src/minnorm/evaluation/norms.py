@@ -29,7 +29,8 @@ def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -
     if attacks is None:
         missing = [n for n in wanted if n not in PRESETS]
         if missing:
-            raise ValueError(f"no default attacks for {', '.join(missing)}; name them with --attacks")
+            raise ValueError(f"--preset standard has an ensemble for the norms {', '.join(PRESETS)}, not "
+                             f"{', '.join(missing)}; name the attacks with --attacks")
         return {n: [a for a in PRESETS[n] if a in registry.available()] for n in wanted}
     per: dict[str, list[str]] = {n: [] for n in wanted}
     for name in attacks:
