@@ -159,6 +159,61 @@ def test_targeted_unsupported_exits_2(data_file, capsys):
 def test_params():
     assert _common.parse_params(["steps=10", "norm=inf", "bounds=(0, 1)", "flag=True"]) == {
         "steps": 10, "norm": "inf", "bounds": (0, 1), "flag": True}
+    assert _common.parse_params(["a=false", "b=TRUE", "c=none", "d=nonesuch"]) == {
+        "a": False, "b": True, "c": None, "d": "nonesuch"}
+
+
+@pytest.mark.parametrize("param, needle", [
+    ("random_start=abc", "random_start is a switch, True or False; got 'abc'"),  # a truthy string ran as True
+    ("random_start=1", "random_start is a switch"),
+    ("steps=1e999", "steps must be an integer >= 1, got inf"),  # OverflowError traceback before
+    ("steps=100000000000000000000000", "steps must be at most 2**62"),  # overflowed in alpha = eps / steps
+])
+def test_bad_parameter_values_exit_2(data_file, capsys, param, needle):
+    code = main(["attack", "--attack", "pgd-linf", "--eps", "0.05", "--quick", "--model", MODEL,
+                 "--data", data_file[0], "--param", param])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_switch_spelt_false_runs_as_false(data_file, tmp_path, capsys):
+    """``--param random_start=false`` used to be the string 'false', which ran as True."""
+    runs = {}
+    for spelling in ("false", "False", "true"):
+        out = tmp_path / spelling
+        assert main(["attack", "--attack", "pgd-linf", "--eps", "0.05", "--quick", "--model", MODEL,
+                     "--data", data_file[0], "--param", f"random_start={spelling}", "--out", str(out)]) == 0
+        runs[spelling] = json.loads((out / "attack.json").read_text())
+    assert _recorded(runs["false"], "random_start") is False and _recorded(runs["true"], "random_start") is True
+
+
+def _recorded(record: dict, key: str):
+    """A hyper-parameter as the run folder's attack.json records it (wherever it sits)."""
+    stack = [record]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if key in item:
+                return item[key]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    raise KeyError(key)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--budget", "99999999999999999999999"], "expected a positive integer up to 2**62"),
+    (["--seed", "99999999999999999999999"], "expected a seed from 0 to 2**63 - 1"),
+    (["--device", "mps"], "minnorm runs on cpu and cuda devices, got 'mps'"),
+    (["--device", "meta"], "minnorm runs on cpu and cuda devices, got 'meta'"),
+])
+def test_bad_run_options_exit_2(data_file, capsys, argv, needle):
+    try:
+        code = main(["attack", "--attack", "ddn", "--quick", "--model", MODEL, "--data", data_file[0], *argv])
+    except SystemExit as stop:  # argparse's own refusal
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
 
 
 def test_demo_quick(data_file, capsys):

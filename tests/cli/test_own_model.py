@@ -38,6 +38,8 @@ def test_bad_model_options_exit_2(flat_data, capsys):
     cases = [(["--model", "helpers:tiny_mlp", "--model-arg", "widht=3", "--input-shape", "1,8,8"], "does not take"),
              (["--model", "cnn", "--model-arg", "width=3"], "factory"),
              (["--model", "helpers:tiny_mlp", "--normalize", "0.5", "--input-shape", "1,8,8"], "MEAN/STD"),
+             (["--model", "helpers:tiny_mlp", "--normalize", "0.5/inf", "--input-shape", "1,8,8"], "MEAN/STD"),
+             (["--model", "helpers:tiny_mlp", "--normalize", "nan/1", "--input-shape", "1,8,8"], "MEAN/STD"),
              (["--model", "helpers:tiny_mlp", "--input-shape", "2,8,8"], "128 values per sample")]
     for extra, message in cases:
         assert main(base + extra) == 2, extra

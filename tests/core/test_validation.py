@@ -104,6 +104,9 @@ def test_check_positive():
 def test_check_int():
     assert check_int("steps", 3) == 3 and check_int("steps", 2.0) == 2
     assert check_int("restarts", 0, minimum=0) == 0
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+    for bad in (0, -3, 2.5, True, float("inf"), float("-inf"), float("nan"), "5", None):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):  # inf: OverflowError before
             check_int("steps", bad)
+    assert check_int("steps", 2 ** 62) == 2 ** 62
+    with pytest.raises(ValueError, match="at most 2\\*\\*62"):  # int64 arithmetic would overflow later
+        check_int("steps", 10 ** 23)

@@ -95,6 +95,8 @@ def test_eps_as_a_fraction_and_per_norm(runs, tmp_path, capsys):
     assert "linf: robust accuracy at eps = 8/255" in printed and "RA@8/255" in printed
     assert parse_eps("8/255", ["linf"]) == {"linf": 8 / 255}
     assert parse_eps("inf=0.1, 2=0.5", ["l2", "linf"]) == {"linf": 0.1, "l2": 0.5}
+    with pytest.raises(ValueError, match="gives l2 twice"):  # the last one used to win silently
+        parse_eps("l2=0.5,2=0.6", ["l2"])
 
 
 def test_default_eps_is_the_runs_median_norm_or_the_radius_they_were_evaluated_at(runs, tmp_path):

@@ -108,6 +108,23 @@ def test_labels_out_of_range_or_fractional_are_refused(ws, capsys, command, y, n
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_sparse_inputs_are_refused(ws, capsys, command):
+    """A sparse ``x`` ended in "reshape is not implemented for sparse tensors" (a traceback)."""
+    path = ws.data_file("sparse.pt", x=tiny_inputs(6).to_sparse())
+    ws.refused(ws.args(command, path), capsys, str(path), "sparse tensors are not supported")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_flat_npz_rows_take_input_shape(ws, command):
+    """``--input-shape`` reshapes flat rows; an ``.npz`` of ``[N, D]`` rows was refused before it
+    could (only ``.pt`` files reached the reshape)."""
+    x = tiny_inputs(6)
+    path = ws.inputs / "flat.npz"
+    np.savez(path, x=x.flatten(1).numpy(), y=true_labels(tiny_mlp(), x).numpy())
+    assert main(ws.args(command, path, "--input-shape", ",".join(map(str, x.shape[1:])))) == 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_non_finite_inputs_are_refused(ws, capsys, command):
     x = tiny_inputs(6)
     x[2, 0, 3, 3] = float("nan")

@@ -262,3 +262,38 @@ def test_cli_train_with_ddn_adversary(tmp_path, capsys):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["config"]["adversary_kwargs"] == {"steps": 5}
     assert "robust accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("hidden", ["-5", "0", "", "64,abc"])
+def test_bad_mlp_widths_are_refused_before_training(tmp_path, capsys, hidden):
+    """``--hidden -5`` ended in torch's negative-dimension traceback, ``0`` trained a zero-width
+    MLP and ``""`` fell back to 256,256 silently."""
+    from minnorm.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--model", "mlp", "--hidden", hidden, "--epochs", "1", "--out", str(tmp_path / "run"),
+              "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --hidden: expected comma-separated widths" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_adversary_radius_given_twice_is_refused():
+    """``--eps 0.1 --attack-arg eps=0.3`` trained at 0.3 while the log, the projection and the
+    exported metadata said 0.1."""
+    with pytest.raises(ValueError, match="radius is given twice: max_norm=0.1 and eps=0.3"):
+        Adversary("pgd-linf", max_norm=0.1, kwargs={"eps": 0.3})
+    with pytest.raises(ValueError, match="max_norm=2.0 and max_norm=1.0"):
+        Adversary("ddn", max_norm=2.0, kwargs={"max_norm": 1.0})
+    assert Adversary("pgd-linf", max_norm=0.1, kwargs={"eps": 0.1}).kwargs["eps"] == 0.1
+
+
+@pytest.mark.parametrize("extra", [["--eps", "0.1"], ["--steps", "5"], ["--attack-arg", "step_size=0.01"]])
+def test_adversary_options_without_adversary_are_refused(tmp_path, capsys, extra):
+    """They were ignored: the model trained without an adversary."""
+    from minnorm.cli import main
+
+    code = main(["train", "--model", "mlp", "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{extra[0]} set the adversary; name one with --adversary" in err, err

@@ -25,7 +25,7 @@ TENSOR_SUFFIXES = (".pt", ".safetensors")
 
 def add_run_args(parser: argparse.ArgumentParser, batch_size: int = 100) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' torch.Generator (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the attacks' torch.Generator (default: 0)")
     parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help=f"samples per attack call (default: {batch_size})")
     # Hidden: each attack's registered ``quick`` settings, for smoke tests.
@@ -33,12 +33,26 @@ def add_run_args(parser: argparse.ArgumentParser, batch_size: int = 100) -> None
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: an integer from 1 to 2**62 (counts and budgets go into int64 tensors)."""
+    from ..core.validation import MAX_INT
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if not 1 <= value <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer up to 2**62, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type for ``--seed``: an integer from 0 to 2**63 - 1 (what a torch.Generator takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**63 - 1, got {text!r}")
     return value
 
 
@@ -59,13 +73,21 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: minnorm runs on cpu and cuda devices, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA was asked for but is not available")
     return device
 
 
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def parse_value(text: str) -> Any:
-    """A Python literal (``100``, ``0.5``, ``True``, ``(0, 1)``) or else the plain string."""
+    """A Python literal (``100``, ``0.5``, ``True``, ``(0, 1)``), ``true``/``false``/``none`` in
+    any case, or else the plain string."""
+    if text.lower() in _WORDS:
+        return _WORDS[text.lower()]
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -113,8 +135,8 @@ def parse_normalize(text: str) -> tuple[list[float], list[float]]:
         m, s = [float(v) for v in mean.split(",")], [float(v) for v in std.split(",")]
     except ValueError:
         m, s = [], []
-    if not sep or not m or len(m) != len(s) or not all(v > 0 for v in s):
-        raise ValueError(f"--normalize expects MEAN/STD with as many channels on both sides and std > 0, e.g. "
+    if not sep or not m or len(m) != len(s) or not all(0 < v < math.inf for v in s) or not all(map(math.isfinite, m)):
+        raise ValueError(f"--normalize expects MEAN/STD with as many channels on both sides, finite, std > 0, e.g. "
                          f"0.4914,0.4822,0.4465/0.2471,0.2435,0.2616; got {text!r}")
     return m, s
 

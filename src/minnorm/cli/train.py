@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                "  minnorm train --model cnn --adversary pgd-linf --eps 0.1 --steps 40 --attack-arg step_size=0.01",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["cnn", "mlp", "resnet"], default="cnn", help="architecture (default: cnn)")
-    p.add_argument("--hidden", help="mlp hidden widths, comma-separated (default: 256,256)")
+    p.add_argument("--hidden", type=_widths, help="mlp hidden widths, comma-separated (default: 256,256)")
     p.add_argument("--activation", default="relu", help="relu, leaky_relu, silu/swish, gelu, softplus (default: relu)")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist or cifar10 (train split to train, test split to test), or any "
@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--init", metavar="NAME|FILE.safetensors",
                    help="start from these weights (a shipped model or a file written by --export) instead of a "
                         "random initialisation, e.g. to train a shipped model further")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and attacks (default: 0)")
+    p.add_argument("--seed", type=c.seed_int, default=0, help="seed of initialisation, shuffling and attacks (default: 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... or auto (default: auto)")
     p.add_argument("--threads", type=c.positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
@@ -100,6 +100,18 @@ def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], 
     return train, test
 
 
+def _widths(text: str) -> str:
+    """An argparse type for ``--hidden``: comma-separated positive integers (kept as typed, for
+    the command line the run records)."""
+    try:
+        ok = all(1 <= int(w) <= 1 << 20 for w in text.split(","))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths from 1 to 2**20 such as 256,256, got {text!r}")
+    return text
+
+
 def _model_kwargs(args: argparse.Namespace, x: torch.Tensor, num_classes: int) -> dict[str, Any]:
     channels, height, width = x.shape[1:]
     kwargs: dict[str, Any] = {"activation": args.activation, "num_classes": num_classes}
@@ -140,6 +152,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = c.resolve_device(args.device)
+    if not args.adversary:
+        unused = [flag for flag, value in (("--eps", args.max_norm), ("--steps", args.steps),
+                                           ("--attack-arg", args.attack_arg)) if value]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} set the adversary; name one with --adversary")
     adversary_kwargs = c.parse_params(args.attack_arg)
     if args.steps is not None:
         adversary_kwargs["steps"] = args.steps

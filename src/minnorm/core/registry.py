@@ -65,6 +65,10 @@ class AttackSpec:
             if accepted is not None and key not in accepted:
                 raise ValueError(f"attack {self.name!r} takes no parameter {key!r}; it takes: "
                                  f"{', '.join(sorted(accepted)) or 'none'}")
+        switches = {k for k, v in self.parameters().items() if isinstance(v, bool)}
+        for key in switches & set(params):
+            if not isinstance(params[key], bool):  # a string "false" would be truthy
+                raise ValueError(f"{self.name}: {key} is a switch, True or False; got {params[key]!r}")
         return dict(params)
 
     def parameters(self, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -98,7 +98,20 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
     return value
 
 
+# The largest integer setting accepted: step counts and budgets go into int64 tensor arithmetic
+# (2**63 - 1 at most), and a run of 2**62 steps would never end anyway.
+MAX_INT = 2 ** 62
+
+
 def check_int(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+    """``value`` as an ``int`` if it is a whole number (not a bool) in ``[minimum, MAX_INT]``,
+    else a ValueError naming ``name`` (also for inf, NaN and strings)."""
+    try:
+        whole = not isinstance(value, (bool, str)) and int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) > MAX_INT:
+        raise ValueError(f"{name} must be at most 2**62, got {value!r}")
     return int(value)

@@ -38,6 +38,8 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, source: str = "data") -> tuple[
     """
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise ValueError(f"{source}: inputs and labels must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if x.layout != torch.strided or y.layout != torch.strided:
+        raise ValueError(f"{source}: sparse tensors are not supported; store dense ones (x.to_dense())")
     if x.dtype == torch.uint8:
         x = x.to(torch.float32) / 255.0
     elif not x.is_floating_point():
@@ -67,14 +69,15 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, source: str = "data") -> tuple[
 
 def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``) -> float32 in [0, 1] with a channel axis;
-    float images pass through. Labels -> int64. Checked by :func:`check_pair`."""
+    """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``, or flat rows ``[N, D]`` as they are) ->
+    float32 in [0, 1] with a channel axis; float images pass through. Labels -> int64. Checked by :func:`check_pair`."""
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
     y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    if x.dim() != 4:
-        raise ValueError(f"{source}: images must be [N, H, W] or [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dim() not in (2, 4):
+        raise ValueError(f"{source}: images must be [N, H, W] or [N, C, H, W] (or flat rows [N, D], "
+                         f"reshaped by --input-shape), got shape {tuple(x.shape)}")
     return check_pair(x, y, source)
 
 

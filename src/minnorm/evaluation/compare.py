@@ -143,6 +143,8 @@ def parse_eps(text: str | float | None, norms: Sequence[str]) -> dict[str, float
         norm = norm_name(parse_norm(key.strip()))
         if norm not in norms:
             raise ValueError(f"--eps gives a radius for {norm}, but no run is in {norm} (runs: {', '.join(norms)})")
+        if norm in out:
+            raise ValueError(f"--eps {text!r} gives {norm} twice; give one radius per norm")
         out[norm] = check_radius(value, f"--eps {norm}")
     return out
 

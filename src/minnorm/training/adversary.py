@@ -72,6 +72,10 @@ class Adversary:
         self.kwargs = dict(self.kwargs)
         if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
             raise ValueError(f"max_norm must be > 0 and finite, got {self.max_norm}")
+        for key in ("eps", "max_norm"):  # one radius: the log, the projection and the attack must agree
+            if self.max_norm is not None and key in self.kwargs and self.kwargs[key] != self.max_norm:
+                raise ValueError(f"the adversary's radius is given twice: max_norm={self.max_norm} and "
+                                 f"{key}={self.kwargs[key]!r} among its parameters; give it once")
         if self.spec.minimal:
             if self.max_norm is None:
                 raise ValueError(f"adversary {self.name!r} is a minimal-norm attack: give max_norm")
