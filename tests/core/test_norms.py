@@ -65,6 +65,13 @@ def test_parse_norm_rejects(bad):
         parse_norm(bad)
 
 
+@pytest.mark.parametrize("bad", ["linf2", "l", "two", ""])
+def test_parse_norm_names_what_it_takes(bad):
+    """``--norm linf2`` said "could not convert string to float: 'inf2'"."""
+    with pytest.raises(ValueError, match="a norm is l1, l2, linf or a number p >= 1, got"):
+        parse_norm(bad)
+
+
 @given(batches(), p_any)
 def test_lp_norm_matches_numpy(v, p):
     got = lp_norm(v, p)

@@ -12,8 +12,11 @@ import torch
 def parse_norm(p: float | int | str) -> float:
     """Accept 1, 2, 'inf', 'linf', 'l2', float('inf'), any p >= 1."""
     if isinstance(p, str):
-        s = p.lower().lstrip("l")
-        p = math.inf if s in ("inf", "infinity") else float(s)
+        s = p.strip().lower().lstrip("l")
+        try:
+            p = math.inf if s in ("inf", "infinity") else float(s)
+        except ValueError:
+            raise ValueError(f"a norm is l1, l2, linf or a number p >= 1, got {p!r}") from None
     p = float(p)
     if not p >= 1:
         raise ValueError(f"norm p must be >= 1 (or inf), got {p}")
