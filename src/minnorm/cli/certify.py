@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 
 from . import _common as c
 
 CSV_COLUMNS = ["index", "label", "status", "lower", "upper", "gap", "seconds"]
+# SCIP (the default solver) takes time limits up to 1e20 s and has no "no limit" value: inf is refused.
+MAX_TIME_LIMIT = 1e20
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
                     "bound propagation) and an attack's upper bound, closed to the exact value by a "
                     "mixed-integer solver where it finishes within --time-limit. Piecewise-linear models "
                     "only (Linear, Conv, ReLU, LeakyReLU, MaxPool, AvgPool, eval BatchNorm, Normalize, "
-                    "residual adds). Writes certify-NORM.csv and certify-NORM.json to --out.",
+                    "residual adds). Writes certify-NORM.csv and certify-NORM.json (NORM: linf, l2 or l1, "
+                    "however --norm is spelled) to --out.",
         epilog="examples:\n  minnorm certify --model mlp-tiny --data sample --n 20 --norm linf\n"
                "  minnorm certify --model cnn --n 10 --norm l2 --mode lower --out out/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +35,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--norm", default="linf", help="linf, l2 or l1 (default: linf)")
     p.add_argument("--mode", choices=["exact", "lower"], default="exact",
                    help="exact: solve for the minimum (default); lower: certified radius only (fast)")
-    p.add_argument("--time-limit", type=float, default=120.0, help="solver seconds per sample (default: 120)")
+    p.add_argument("--time-limit", type=float, default=120.0,
+                   help="solver seconds per sample, finite and > 0 (default: 120)")
     p.add_argument("--attack", action="append", metavar="NAME",
                    help="minimal-norm attack(s) for the upper bound (default: tr-linf, ddn or convex-min-l1)")
     p.add_argument("--solver", choices=["auto", "scip", "highs"], default="auto", help="MIP solver (default: auto = SCIP)")
@@ -45,27 +47,49 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import certify
-    from ..core import parse_norm
+    from ..core import norm_name, parse_norm
 
     p = parse_norm(args.norm)
-    if args.time_limit <= 0:
-        raise ValueError(f"--time-limit must be > 0, got {args.time_limit}")
+    args.norm = norm_name(p)  # one spelling in file names, JSON and output: linf, l2, l1
+    _check_time_limit(args.time_limit)
+    c.check_out(args.out)  # before anything runs
     model = c.load_model(args.model, args.weights, "cpu")
     certify.build_graph(model)  # refuse a model it cannot encode before reading data or attacking
     x, y = c.load_data(args.data, model)
     x, y = x[:args.n], y[:args.n]
-    if args.mode == "exact":
-        res = certify.exact(model, x, y, norm=p, time_limit=args.time_limit, attack=args.attack, solver=args.solver,
-                            progress=not args.no_progress)
-    else:
-        res = certify.lower_bound(model, x, y, norm=p, attack=args.attack)
-    rows = _rows(res, y)
-    print(c.format_table(CSV_COLUMNS, [[r[k] if not isinstance(r[k], float) else c.fmt(r[k]) for k in CSV_COLUMNS]
-                                       for r in rows]))
-    print(_summary(res, args))
-    if args.out:
-        _write(args, res, rows)
+    with _open_out(args.out) if args.out else contextlib.nullcontext() as folder:
+        if args.mode == "exact":
+            res = certify.exact(model, x, y, norm=p, time_limit=args.time_limit, attack=args.attack,
+                                solver=args.solver, progress=not args.no_progress)
+        else:
+            res = certify.lower_bound(model, x, y, norm=p, attack=args.attack)
+        rows = _rows(res, y)
+        print(c.format_table(CSV_COLUMNS, [[r[k] if not isinstance(r[k], float) else c.fmt(r[k])
+                                            for k in CSV_COLUMNS] for r in rows]))
+        print(_summary(res, args))
+        if folder is not None:
+            _write(folder, args, res, rows)
     return 0
+
+
+def _open_out(path: str):
+    """The ``--out`` folder, created and locked before the solver runs: a folder that cannot be
+    made (``/sys/foo``) or that another minnorm process holds is refused before, not after, it."""
+    from ..evaluation.store import OutputFolder
+
+    try:
+        return OutputFolder(path).lock()
+    except OSError as err:
+        raise ValueError(f"cannot create --out {path}: {err.strerror or err}") from None
+
+
+def _check_time_limit(seconds: float) -> None:
+    from ..core.validation import check_positive
+
+    check_positive("--time-limit", seconds)
+    if seconds > MAX_TIME_LIMIT:
+        raise ValueError(f"--time-limit must be at most {MAX_TIME_LIMIT:g} seconds (the MIP solver's largest), "
+                         f"got {seconds:g}")
 
 
 def _rows(res, y: torch.Tensor) -> list[dict]:
@@ -97,24 +121,21 @@ def _clean(obj):
     return _strict(float(obj)) if isinstance(obj, float) else obj
 
 
-def _write(args, res, rows) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"certify-{args.norm.lower()}"
+def _write(folder, args, res, rows) -> None:
+    """Both files or neither, never through a symbolic link (see ``OutputFolder``)."""
+    from ..evaluation.store import json_text
+
+    name = f"certify-{args.norm}"
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_COLUMNS)
     w.writeheader()
     w.writerows(rows)
-    _atomic(out / f"{name}.csv", buf.getvalue())
     doc = {"command": "certify", "model": args.model, "weights": args.weights, "data": args.data, "n": args.n,
            "norm": args.norm, "mode": args.mode, "time_limit": args.time_limit, "attack": args.attack,
            "solver": args.solver, "info": _clean({k: v for k, v in res.info.items() if isinstance(v, (str, list))}),
            "samples": [{k: _strict(v) for k, v in r.items()} for r in rows]}
-    _atomic(out / f"{name}.json", json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    print(f"wrote {out / name}.csv and {out / name}.json")
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with folder.staging() as stage:
+        (stage / f"{name}.csv").write_text(buf.getvalue())
+        (stage / f"{name}.json").write_text(json_text(doc))
+        folder.commit(stage)
+    print(f"wrote {folder.path / name}.csv and {folder.path / name}.json")
