@@ -36,6 +36,7 @@ def test_bad_model_options_exit_2(flat_data, capsys):
     path, _ = flat_data
     base = ["evaluate", "--attacks", "ddn", "--quick", "--data", path, "--device", "cpu"]
     cases = [(["--model", "helpers:tiny_mlp", "--model-arg", "widht=3", "--input-shape", "1,8,8"], "does not take"),
+             (["--model", "helpers:tiny_mlp", "--model-arg", "hidden"], "--model-arg expects key=value"),
              (["--model", "cnn", "--model-arg", "width=3"], "factory"),
              (["--model", "helpers:tiny_mlp", "--normalize", "0.5", "--input-shape", "1,8,8"], "MEAN/STD"),
              (["--model", "helpers:tiny_mlp", "--normalize", "0.5/inf", "--input-shape", "1,8,8"], "MEAN/STD"),

@@ -297,3 +297,12 @@ def test_adversary_options_without_adversary_are_refused(tmp_path, capsys, extra
                  "--no-progress", *extra])
     err = capsys.readouterr().err
     assert code == 2 and f"{extra[0]} set the adversary; name one with --adversary" in err, err
+
+
+def test_attack_arg_without_value_names_its_option(tmp_path, capsys):
+    from minnorm.cli import main
+
+    code = main(["train", "--model", "mlp", "--adversary", "fgsm", "--eps", "0.1", "--attack-arg", "steps",
+                 "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--attack-arg expects key=value" in err, err  # it said --param

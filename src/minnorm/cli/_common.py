@@ -94,13 +94,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+def parse_params(items: Sequence[str] | None, option: str = "--param") -> dict[str, Any]:
+    """``KEY=VALUE`` items (of the command-line ``option``, named in errors) as a dict."""
     params: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ValueError(f"--param expects key=value with a Python identifier as key, got {item!r}")
+            raise ValueError(f"{option} expects key=value with a Python identifier as key, got {item!r}")
         params[key] = parse_value(value.strip())
     return params
 
@@ -120,7 +121,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def model_from_args(args: argparse.Namespace, device: torch.device | str = "cpu") -> torch.nn.Module:
     """``--model``/``--weights``/``--model-arg``/``--normalize``: weights load into the user's
     model first, then the Normalize layer goes in front."""
-    model = load_model(args.model, args.weights, device, parse_params(getattr(args, "model_arg", None)))
+    model = load_model(args.model, args.weights, device, parse_params(getattr(args, "model_arg", None), "--model-arg"))
     if getattr(args, "normalize", None):
         from ..models import normalized
 

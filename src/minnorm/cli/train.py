@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                                            ("--attack-arg", args.attack_arg)) if value]
         if unused:
             raise ValueError(f"{', '.join(unused)} set the adversary; name one with --adversary")
-    adversary_kwargs = c.parse_params(args.attack_arg)
+    adversary_kwargs = c.parse_params(args.attack_arg, "--attack-arg")
     if args.steps is not None:
         adversary_kwargs["steps"] = args.steps
     if args.adversary:
