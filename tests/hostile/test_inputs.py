@@ -108,6 +108,17 @@ def test_labels_out_of_range_or_fractional_are_refused(ws, capsys, command, y, n
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("option", ["--data", "--weights"])
+def test_a_folder_named_like_a_file_is_called_a_folder(ws, capsys, command, option):
+    """``--data dir.pt`` said "no such file" although the path exists."""
+    folder = ws.inputs / ("dir.pt" if option == "--data" else "dir.safetensors")
+    folder.mkdir()
+    data = folder if option == "--data" else ws.data_file()
+    extra = ["--weights", str(folder)] if option == "--weights" else []
+    ws.refused(ws.args(command, data, *extra), capsys, f"{option}: {folder} is a folder, not a file")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_sparse_inputs_are_refused(ws, capsys, command):
     """A sparse ``x`` ended in "reshape is not implemented for sparse tensors" (a traceback)."""
     path = ws.data_file("sparse.pt", x=tiny_inputs(6).to_sparse())

@@ -11,7 +11,6 @@ import importlib
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -199,9 +198,10 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
                              "or give a factory as pkg.module:function")
         model = models.load_shipped(spec)
     if weights is not None:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights: no such file: {weights}")
+        from ..evaluation.store import existing_file
         from ..models import load_weights
+
+        existing_file(weights, "--weights")
 
         load_weights(model, weights)
     return model.eval().to(device)
@@ -209,12 +209,10 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
 
 def _model_from_recipe(spec: str, weights: str | None, model_args: dict[str, Any] | None):
     """The architecture a ``minnorm train --export`` JSON records, and its weights file."""
-    from ..evaluation.store import read_json
+    from ..evaluation.store import existing_file, read_json
     from ..models import build_model
 
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"--model: no such file: {spec}")
+    path = existing_file(spec, "--model")
     info = read_json(path, "the model description")
     if not isinstance(info, dict) or "architecture" not in info:
         raise ValueError(f"--model {spec}: not a model description written by minnorm train --export "
@@ -247,8 +245,6 @@ def load_data(spec: str, model: torch.nn.Module | None = None,
 def _load_tensor_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     from ..evaluation.store import read_tensor_file
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--data: no such file: {path}")
     tensors = read_tensor_file(path, "--data")
     if not isinstance(tensors, dict):
         raise ValueError(f"--data {path} must hold a dict of tensors, found {type(tensors).__name__}")

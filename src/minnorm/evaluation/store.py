@@ -219,12 +219,21 @@ def _torch_refusal(err: Exception) -> str:
     return useful[0] if useful else type(err).__name__
 
 
+def existing_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` if it is a file; a folder is a ValueError, a missing path a FileNotFoundError,
+    each naming ``what`` (the option that gave it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a folder, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    return path
+
+
 def read_tensor_file(path: str | os.PathLike, what: str = "file") -> Any:
     """Load a ``.safetensors`` file or a ``torch.save`` file without unpickling arbitrary objects
     (``weights_only=True``). Anything unreadable raises ``ValueError`` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no such file: {path}")
+    path = existing_file(path, what)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
