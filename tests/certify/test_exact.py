@@ -240,3 +240,10 @@ def test_qp_branch_and_bound_matches_scip_on_l2():
     b = certify.exact(net, x, y, norm=2, upper=torch.ones(3), time_limit=30, solver="qp-bnb")
     assert a.status == b.status == ["exact"] * 3
     torch.testing.assert_close(a.upper, b.upper, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("limit", [math.inf, math.nan, 0.0, -1.0, 1e30])
+def test_exact_refuses_a_time_limit_the_solver_cannot_take(limit):
+    """inf and NaN made SCIP print errors and fail mid-run; one check for the API and both commands."""
+    with pytest.raises(ValueError, match="time_limit must be"):
+        minnorm.certify.exact(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), time_limit=limit)

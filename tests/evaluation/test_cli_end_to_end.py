@@ -101,12 +101,56 @@ def test_report_rebuilds_and_compare(run_dir, tmp_path, capsys):
     (["--attacks", "fgm-l2"], "fgm-l2 is a fixed-epsilon attack: give the radii"),
     (["--attacks", "ddn,fgsm"], "'fgsm' works in the linf norm but the evaluation is in l2"),
     (["--attacks", "ddn,tr-l2", "--param", "steps=3"], "say which attack it is for, e.g. ddn.steps"),
+    # each of these used to end in a traceback or run with a setting silently dropped
+    (["--attacks", ","], "--attacks ',' names no attack; give registered names"),
+    (["--attacks", " ", "--norms", "l2"], "--attacks ' ' names no attack"),
+    (["--norms", ","], "no norm given: name at least one, e.g. l2,linf"),
+    (["--norms", "l2", "--norm", "inf", "--attacks", "ddn"], "--norm and --norms exclude each other"),
+    (["--attacks", "pgd-l2", "--epsilons", "0.3", "--param", "pgd-l2.eps=0.5"],
+     "give the radii of fixed-epsilon attacks with --epsilons (or --eps)"),
+    (["--attacks", "pgd-l2", "--eps-search", "--param", "eps=0.5"], "upper end of --eps-search with --search-max"),
+    (["--attacks", "pgd-l2", "--eps-search", "--search-max", "0"], "search_max (--search-max) must be > 0"),
 ])
 def test_bad_input_fails_fast_with_a_fix(args, fix, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["evaluate", "--n", "2", "--device", "cpu", *args, "--out", str(out)]) == 2
-    assert fix in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert fix in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--search-steps", "0"], "argument --search-steps: expected a positive integer"),
+    (["--search-steps", "-2"], "argument --search-steps: expected a positive integer"),
+    (["--certify-time-limit", "0"], "argument --certify-time-limit: expected a number of seconds > 0 and finite"),
+    (["--certify-time-limit", "-5"], "argument --certify-time-limit: expected a number of seconds > 0"),
+    (["--certify-time-limit", "inf"], "got 'inf'"),
+    (["--certify-time-limit", "nan"], "got 'nan'"),
+])
+def test_bad_numbers_are_refused_while_parsing(args, fix, tmp_path, capsys):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", "--model", "mlp-tiny", "--n", "1", "--attacks", "pgd-l2", "--eps-search", "--certify", "exact",
+              *args, "--out", str(out)])
+    assert stop.value.code == 2 and fix in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, note", [
+    (["--attacks", "ddn", "--epsilons", "0.3"], "note: --epsilons applies to fixed-epsilon attacks only; ddn is "
+                                                "minimal-norm, so it is not used"),
+    (["--norms", "l2", "--eps-search", "--search-max", "2"],
+     "note: --eps-search, --search-max apply to fixed-epsilon attacks only; ensemble-l2 is minimal-norm"),
+])
+def test_radii_of_fixed_eps_attacks_alone_get_a_note(args, note, capsys):
+    assert main(["evaluate", "--model", "mlp-tiny", "--n", "1", "--quick", "--device", "cpu", *args]) == 0
+    assert note in capsys.readouterr().err
+
+
+def test_no_note_when_a_fixed_eps_attack_uses_the_radii(capsys):
+    assert main(["evaluate", "--model", "mlp-tiny", "--n", "1", "--quick", "--device", "cpu", "--attacks",
+                 "ddn,fgm-l2", "--epsilons", "0.3"]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_bad_weights_say_what_does_not_fit(tmp_path, capsys):

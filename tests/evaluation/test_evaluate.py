@@ -120,6 +120,19 @@ def test_budget_credits_only_samples_within_their_passes():
     (dict(attacks=["ddn"], budget=0), "budget must be"),
     (dict(attacks=[("ddn", {"stepz": 3})]), "takes no parameter 'stepz'"),
     (dict(attacks=[]), "no attacks given"),
+    # a radius given twice used to run at `epsilons` and drop the parameter silently
+    (dict(attacks={"pgd-l2": {"eps": 0.5}}, epsilons=[0.3]), r"eps=0.5 in its parameters and epsilons=\[0.3\]"),
+    (dict(attacks={"pgd-l2": {"eps": 0.5}}, eps=[0.3]), "both set its radii"),
+    (dict(attacks={"pgd-l2": {"eps": 0.5}}, eps_search=True, search_max=1.0), "both set the upper end"),
+    # an empty search interval used to report 0% success and a gradient-masking warning
+    (dict(attacks=["pgd-l2"], eps_search=True, search_max=0.0), r"search_max \(--search-max\) must be > 0"),
+    (dict(attacks={"pgd-l2": {"eps": 0}}, eps_search=True), "pgd-l2's eps must be > 0"),
+    # no bisection step reported the box diameter as every sample's minimal norm
+    (dict(attacks=["pgd-l2"], eps_search=True, search_steps=0), "search_steps must be an integer >= 1"),
+    # inf / nan reached the solver as "inf" / null through the saved config
+    (dict(attacks=["ddn"], certify="exact", certify_time_limit=math.inf), "certify_time_limit must be > 0 and finite"),
+    (dict(attacks=["ddn"], certify="exact", certify_time_limit=0), "certify_time_limit must be > 0"),
+    (dict(attacks=["ddn"], certify="exact", certify_time_limit=1e30), "at most 1e"),
 ])
 def test_bad_input_fails_fast(kwargs, fix):
     model = tiny_mlp()

@@ -72,13 +72,14 @@ def test_dataloader_equals_tensors(data):
 def test_targets_class_and_every_other(data):
     model, x, y = data
     one = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=2, progress=False)
-    attacked = one.table["correct"] & (one.table["label"] != 2)
     assert (one.table["target"] == 2).all()
-    assert not math.isfinite(float(one.table["ddn.norm"][one.table["label"] == 2][0]))  # never attacked (nan)
+    assert one.table["index"].tolist() == (y != 2).nonzero().flatten().tolist()  # class 2 left out, indices kept
+    assert one.config["left_out"] == int((y == 2).sum())
     every = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets="all", progress=False)
     # the smallest norm over every target is at most the one towards class 2
-    finite = attacked & (one.table["ddn.norm"] < math.inf)
-    assert (every.table["ddn.norm"][finite] <= one.table["ddn.norm"][finite] + 1e-6).all()
+    finite = one.table["correct"] & (one.table["ddn.norm"] < math.inf)
+    rows = one.table["index"][finite]
+    assert (every.table["ddn.norm"][rows] <= one.table["ddn.norm"][finite] + 1e-6).all()
     with pytest.raises(ValueError, match="untargeted only"):
         minnorm.evaluate(model, (x, y), "deepfool-l2", 2, quick=True, targets="all", progress=False)
 
@@ -189,3 +190,80 @@ def test_cli_targets(data, tmp_path, capsys):
     assert (one.table["target"] == 1).all() and one.config["targets"].startswith("given:")
     assert minnorm.evaluation.Evaluation.load(tmp_path / "all").config["targets"] == "all"
     assert main(base + ["--targets", "sideways"]) == 2
+
+
+def test_target_equal_to_the_label_is_left_out(data):
+    # A targeted attack towards a sample's own class asks nothing: such samples are in no number
+    # (they used to count as robust, unbroken, and raise the gradient-masking warning).
+    model, x, y = data
+    ev = minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=2, eps=0.05, progress=False)
+    own = int((y == 2).sum())
+    assert own and ev.samples == len(y) - own and ev.config["left_out"] == own
+    assert (ev.table["label"] != 2).all()
+    robust = ev.table["correct"] & ~(ev.table["best_norm"] <= 0.05)
+    assert ev.robust_accuracy(0.05) == pytest.approx(robust.sum() / (len(y) - own))
+    assert ev.row()["success_rate"] == 1.0 and not ev.warnings  # every attacked sample broken, nothing suspect
+    given = (y + 1) % 4
+    given[0] = y[0]  # a tensor of targets: only that sample is left out
+    assert minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=given, progress=False).samples == len(y) - 1
+    assert minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=3, progress=False).config["left_out"] \
+        == int((y == 3).sum())
+    with pytest.raises(ValueError, match=r"every sample's target is its own label \(class 2\)"):
+        minnorm.evaluate(model, (x[y == 2], y[y == 2]), "ddn", 2, quick=True, targets=2, progress=False)
+    with pytest.raises(ValueError, match="every sample's target is its own label: "):
+        minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=y.clone(), progress=False)
+
+
+def test_cli_target_equal_to_the_label(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    torch.save({"x": x[y == 2], "y": y[y == 2]}, tmp_path / "twos.pt")
+    own, n = int((y == 2).sum()), len(y)
+    common = ["--model", MODEL, "--quick", "--device", "cpu", "--eps", "10"]
+    for cmd in (["attack", "--attack", "ddn", "--target", "2"], ["evaluate", "--attacks", "ddn", "--targets", "2"]):
+        assert main(cmd + common + ["--data", str(tmp_path / "d.pt")]) == 0
+        out, err = capsys.readouterr()
+        assert f"note: {own} of {n} samples left out: their target is their own label" in err
+        assert f"data: {tmp_path / 'd.pt'}, {n - own} samples" in out
+        assert "robust accuracy at l2 10: 0.0%" in out  # ddn breaks every attacked sample, none counts unbroken
+        assert "gradient masking" not in out
+        assert main(cmd + common + ["--data", str(tmp_path / "twos.pt")]) == 2
+        out, err = capsys.readouterr()
+        assert "every sample's target is its own label (class 2)" in err and "robust accuracy" not in out
+
+
+def test_target_too_big_for_a_tensor(data, capsys, tmp_path):
+    model, x, y = data
+    for t in (4, 2 ** 70, -1):
+        with pytest.raises(ValueError, match=rf"target {t} is out of range: targets must be in 0\.\.3 \(the model "
+                                             r"has 4 classes\)"):
+            minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=t, progress=False)
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    big = "99999999999999999999999"
+    for cmd in (["attack", "--attack", "ddn", "--target", big], ["evaluate", "--attacks", "ddn", "--targets", big]):
+        assert main(cmd + ["--model", MODEL, "--data", str(tmp_path / "d.pt"), "--quick", "--device", "cpu"]) == 2
+        assert f"error: target {big} is out of range: targets must be in 0..3 (the model has 4 classes)" in \
+            capsys.readouterr().err
+    with pytest.raises(ValueError, match="targets: label 4 at index 0 is out of range"):
+        minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=torch.full_like(y, 4), progress=False)
+
+
+def test_eps_no_attack_answers_is_refused(data, tmp_path, capsys):
+    # pgd-l2 ran only at 0.1: robust accuracy at 0.5 would count every sample robust (100%, untested).
+    model, x, y = data
+    with pytest.raises(ValueError, match=r"eps 0\.5: no attack runs there \(the fixed-epsilon attacks run at 0\.1"):
+        minnorm.evaluate(model, (x, y), "pgd-l2", 2, quick=True, eps=[0.1, 0.5], epsilons=[0.1], progress=False)
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    base = ["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--quick", "--device", "cpu",
+            "--eps", "0.5", "--epsilons", "0.1", "--out", str(tmp_path / "out")]
+    assert main(base + ["--attacks", "pgd-l2"]) == 2
+    out, err = capsys.readouterr()
+    assert "no attack runs there" in err and "robust accuracy" not in out
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # answered: by a minimal-norm attack, an epsilon search, or a fixed-eps attack run at the radius
+    assert main(base + ["--attacks", "pgd-l2,ddn"]) == 0
+    assert "robust accuracy at l2 0.5:" in capsys.readouterr().out
+    ev = minnorm.evaluate(model, (x, y), "pgd-l2", 2, quick=True, eps=0.5, eps_search=True, progress=False)
+    assert ev.headlines()[0].startswith("robust accuracy at l2 0.5:")
+    ev = minnorm.evaluate(model, (x, y), "pgd-l2", 2, quick=True, eps=0.5, epsilons=[0.1, 0.5], progress=False)
+    assert ev.headlines()[0].startswith("robust accuracy at l2 0.5:")

@@ -9,9 +9,9 @@
 
 See docs/certify.md.
 """
-from .api import CertifyResult, default_attack, exact, lower_bound, verify_witness
+from .api import CertifyResult, check_time_limit, default_attack, exact, lower_bound, verify_witness
 from .bounds import certified_radius, concretize, propagate
 from .graph import Graph, build_graph
 
-__all__ = ["CertifyResult", "default_attack", "Graph", "build_graph", "certified_radius", "concretize", "exact",
-           "lower_bound", "propagate", "verify_witness"]
+__all__ = ["CertifyResult", "check_time_limit", "default_attack", "Graph", "build_graph", "certified_radius",
+           "concretize", "exact", "lower_bound", "propagate", "verify_witness"]

@@ -10,14 +10,17 @@ from typing import Any
 import torch
 
 from ..core.norms import lp_norm, parse_norm
-from ..core.validation import check_inputs, check_label_range
+from ..core.validation import check_inputs, check_label_range, check_positive
 from .bounds import certified_radius, margin_spec, propagate
 from .crown import backward_bounds, certified_radius_fast, make_plan
 from .graph import Graph, build_graph
 from .milp import encode, tighten
 from .solvers import solve
 
-__all__ = ["CertifyResult", "default_attack", "exact", "lower_bound"]
+__all__ = ["CertifyResult", "check_time_limit", "default_attack", "exact", "lower_bound"]
+
+# SCIP (the default solver) takes time limits up to 1e20 s and has no "no limit" value.
+MAX_TIME_LIMIT = 1e20
 REL_TOL = 1e-4  # "exact" when the proven lower bound is within this relative distance of the witness
 ABS_TOL = 1e-7  # ... or within this absolute distance: float32's resolution of inputs in [0, 1] is 6e-8
 
@@ -210,6 +213,15 @@ def _check_attack_witnesses(model, inputs, labels, advs, up, p, box):
     return witnesses, out
 
 
+def check_time_limit(seconds: float, name: str = "time_limit") -> float:
+    """A solver time limit in seconds: > 0, finite and at most :data:`MAX_TIME_LIMIT` (SCIP's
+    largest; inf and NaN made SCIP print errors and fail)."""
+    seconds = check_positive(name, seconds)
+    if seconds > MAX_TIME_LIMIT:
+        raise ValueError(f"{name} must be at most {MAX_TIME_LIMIT:g} seconds (the MIP solver's largest), got {seconds:g}")
+    return seconds
+
+
 def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = "linf",
           time_limit: float = 120.0, bounds: tuple[float, float] = (0.0, 1.0),
           upper: torch.Tensor | None = None, adversarials: torch.Tensor | None = None,
@@ -222,6 +234,7 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
     decreasing order of their logit at the attack's adversarial, each with the best norm so far
     as its cutoff, within ``time_limit`` seconds for the whole sample. Every solver witness is
     re-checked by a forward pass of ``model`` (:func:`verify_witness`)."""
+    time_limit = check_time_limit(time_limit)
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
     b, n = inputs.shape[0], inputs[0].numel()
     up, advs = _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attack)

@@ -44,6 +44,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """An argparse type for solver time limits (``minnorm.certify.check_time_limit``)."""
+    from ..certify.api import check_time_limit
+
+    try:
+        return check_time_limit(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0 and finite (at most 1e20), got {text!r}") from None
+
+
 def seed_int(text: str) -> int:
     """An argparse type for ``--seed``: an integer from 0 to 2**63 - 1 (what a torch.Generator takes)."""
     try:

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
                    help="how targets are chosen: a random other class (seeded by --seed), the least likely "
                         "clean class, or every other class in turn (default: random)")
     p.add_argument("--target", type=int, metavar="CLASS", help="targeted attack towards this class (samples of "
-                                                               "that class are not attacked)")
+                                                               "that class are left out of every number)")
     p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample (a hard cap)")
     p.add_argument("--out", help="output folder (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")

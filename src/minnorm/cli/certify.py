@@ -12,8 +12,6 @@ import torch
 from . import _common as c
 
 CSV_COLUMNS = ["index", "label", "status", "lower", "upper", "gap", "seconds"]
-# SCIP (the default solver) takes time limits up to 1e20 s and has no "no limit" value: inf is refused.
-MAX_TIME_LIMIT = 1e20
 
 
 def add_parser(subparsers) -> None:
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     p = parse_norm(args.norm)
     args.norm = norm_name(p)  # one spelling in file names, JSON and output: linf, l2, l1
-    _check_time_limit(args.time_limit)
+    certify.check_time_limit(args.time_limit, "--time-limit")
     c.check_out(args.out)  # before anything runs
     model = c.load_model(args.model, args.weights, "cpu")
     certify.build_graph(model)  # refuse a model it cannot encode before reading data or attacking
@@ -81,15 +79,6 @@ def _open_out(path: str):
         return OutputFolder(path).lock()
     except OSError as err:
         raise ValueError(f"cannot create --out {path}: {err.strerror or err}") from None
-
-
-def _check_time_limit(seconds: float) -> None:
-    from ..core.validation import check_positive
-
-    check_positive("--time-limit", seconds)
-    if seconds > MAX_TIME_LIMIT:
-        raise ValueError(f"--time-limit must be at most {MAX_TIME_LIMIT:g} seconds (the MIP solver's largest), "
-                         f"got {seconds:g}")
 
 
 def _rows(res, y: torch.Tensor) -> list[dict]:

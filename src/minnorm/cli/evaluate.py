@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--attacks", metavar="A,B,...", help="registered attack names (minnorm attack --list); with "
                                                        "--norms, of any of them (default there: a preset per norm)")
-    p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's)")
+    p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's); not with --norms")
     p.add_argument("--preset", choices=["standard"], help="standard: the standard ensemble of the norm "
                                                           "(ensemble-NORM: cheap attacks first, costly ones where "
                                                           "they disagree, 2000 passes per sample); the default "
@@ -52,11 +53,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--certify", nargs="?", const="bound", choices=["bound", "exact"],
                    help="bracket each sample: certified radius by bound propagation (bound, the default) and, with "
                         "exact, the exact minimal norm where a MIP solver proves it (piecewise-linear models)")
-    p.add_argument("--certify-time-limit", type=float, default=120.0, help="seconds per sample for --certify exact")
+    p.add_argument("--certify-time-limit", type=c.seconds, default=120.0,
+                   help="seconds per sample for --certify exact (default: 120)")
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
     p.add_argument("--eps-search", action="store_true",
                    help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
-    p.add_argument("--search-steps", type=int, default=10, help="bisection steps of --eps-search (default: 10)")
+    p.add_argument("--search-steps", type=c.positive_int, default=10, help="bisection steps of --eps-search (default: 10)")
     p.add_argument("--search-max", type=c.radius, help="upper end of the bisection (default: the box diameter)")
     p.add_argument("--grid", help="epsilon grid of the robust accuracy curves, increasing: 0,0.5,1 or 0:2:21 "
                                   "(default: 21 radii up to the largest best-of-all norm)")
@@ -88,6 +90,9 @@ def attack_params(items: list[str], names: list[str]) -> dict[str, dict]:
             if len(names) != 1:
                 raise ValueError(f"--param {item!r}: say which attack it is for, e.g. {names[0]}.{key.strip()}=...")
             attack, name = names[0], attack
+        if name.strip() == "eps":
+            raise ValueError(f"--param {item!r}: give the radii of fixed-epsilon attacks with --epsilons (or --eps) "
+                             "and the upper end of --eps-search with --search-max, not --param eps")
         if attack not in per:
             raise ValueError(f"--param {item!r}: {attack!r} is not one of --attacks ({', '.join(names)})")
         per[attack].update(c.parse_params([f"{name}{sep}{value}"]))
@@ -113,12 +118,13 @@ def load_data_checked(spec: str) -> tuple[torch.Tensor, torch.Tensor]:
     return c.load_data(spec)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import evaluation
+def attack_names(args: argparse.Namespace) -> list[str]:
+    """The attacks named by --attacks or --preset, checked (with --norm/--norms) before any loading."""
     from ..evaluation.norms import split_attacks
-    from ..evaluation.plan import parse_grid
 
-    c.check_out(args.out)  # before anything runs
+    if args.norms is not None and args.norm is not None:
+        raise ValueError("--norm and --norms exclude each other: list every norm of the run in --norms, e.g. "
+                         "--norms l2,linf")
     if not args.attacks and not args.norms:
         if not args.norm:
             raise ValueError("name the attacks (--attacks ddn,tr-l2), or a norm (--norm inf: its standard ensemble), "
@@ -130,7 +136,37 @@ def run(args: argparse.Namespace) -> int:
         (preset,) = split_attacks([args.norm or "inf"], None).values()
         args.attacks = ",".join(preset)
     names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
-    specs = [c.get_attack(n) for n in names]  # unknown names fail here, before any loading
+    if args.attacks is not None and not names:
+        raise ValueError(f"--attacks {args.attacks!r} names no attack; give registered names, e.g. ddn,tr-l2 "
+                         "(minnorm attack --list)")
+    specs = [c.get_attack(n) for n in names]  # unknown names fail here
+    if args.norms is not None:
+        per_norm = split_attacks(norm_list(args.norms), names or None)
+        specs = [c.get_attack(n) for group in per_norm.values() for n in group]
+    note_unused_radii(args, specs)
+    return names
+
+
+def norm_list(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def note_unused_radii(args: argparse.Namespace, specs) -> None:
+    """A note on stderr when the options of fixed-epsilon attacks meet only minimal-norm ones."""
+    given = [name for name, value in (("--epsilons", args.epsilons), ("--eps-search", args.eps_search),
+                                      ("--search-max", args.search_max)) if value not in (None, False)]
+    if given and all(s.minimal for s in specs) and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to fixed-epsilon attacks only; "
+              f"{', '.join(s.name for s in specs)} {'is' if len(specs) == 1 else 'are'} minimal-norm, so "
+              f"{'it is' if len(given) == 1 else 'they are'} not used", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import evaluation
+    from ..evaluation.plan import parse_grid
+
+    c.check_out(args.out)  # before anything runs
+    names = attack_names(args)
     params = attack_params(args.param, names)
     epsilons = parse_grid(args.epsilons, "--epsilons") if args.epsilons else None
     eps = parse_eps(args.eps, bool(args.norms))
@@ -151,12 +187,11 @@ def run(args: argparse.Namespace) -> int:
                   certify=args.certify, certify_time_limit=args.certify_time_limit,
                   describe={"model": {"name": args.model, "weights": args.weights},
                             "data": {"name": args.data, "first": args.n}})
-    if args.norms:
-        norms = [n.strip() for n in args.norms.split(",") if n.strip()]
-        results = evaluation.evaluate_norms(model, (x, y), norms, params if names else None, eps=eps,
-                                            out=args.out, **shared)
+    if args.norms is not None:
+        results = evaluation.evaluate_norms(model, (x, y), norm_list(args.norms), params if names else None,
+                                            eps=eps, out=args.out, **shared)
     else:
-        norm = args.norm if args.norm is not None else specs[0].norm
+        norm = args.norm if args.norm is not None else c.get_attack(names[0]).norm
         results = {"": evaluation.evaluate(model, (x, y), params, norm, out=args.out, eps=eps, **shared)}
     if int(os.environ.get("RANK", "0")) == 0:
         for norm, ev in results.items():

@@ -24,6 +24,8 @@ def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -
     from ..core import registry
 
     wanted = [norm_name(parse_norm(n)) for n in norms]
+    if not wanted:
+        raise ValueError("no norm given: name at least one, e.g. l2,linf")
     if len(set(wanted)) != len(wanted):
         raise ValueError(f"norms are listed twice: {list(norms)}")
     if attacks is None:

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..core import AttackSpec, check_radius, parse_fraction, parse_norm
 from ..core.norms import norm_name  # noqa: F401  (also imported from here by compare, results, norms, cli)
+from ..core.validation import check_positive
 
 MODES = ("minimal", "fixed", "search")
 
@@ -112,25 +113,40 @@ def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], n
         if targeted and not spec.targeted:
             raise ValueError(f"{name} is untargeted only; targeted attacks: "
                              f"{', '.join(s.name for s in registry.specs() if s.targeted and s.norm == p)}")
+        given_eps = "eps" in params
         params = _check_params(spec, {**(spec.quick if quick else {}), **params})
         if spec.minimal:
             if "eps" in params and not quick:
                 raise ValueError(f"{name} is a minimal-norm attack and takes no eps")
             params.pop("eps", None)
             plans.append(AttackPlan(name, spec, params, "minimal"))
-        elif eps_search:
-            top = search_max if search_max is not None else params.get("eps")
-            params.pop("eps", None)
-            plans.append(AttackPlan(name, spec, params, "search", search_max=None if top is None else float(top)))
         else:
-            eps = grid or ([float(params["eps"])] if "eps" in params else None)
-            if not eps:
-                raise ValueError(f"{name} is a fixed-epsilon attack: give the radii to run it at "
-                                 "(epsilons=[...], --epsilons 0.1,0.3) or ask for a per-sample epsilon "
-                                 "search (eps_search=True, --eps-search)")
-            params.pop("eps", None)
-            plans.append(AttackPlan(name, spec, params, "fixed", epsilons=check_grid(eps, "epsilons")))
+            plans.append(_radius_plan(name, spec, params, given_eps, grid, eps_search, search_max))
     return plans
+
+
+def _radius_plan(name: str, spec: AttackSpec, params: dict[str, Any], given_eps: bool, grid: list[float] | None,
+                 eps_search: bool, search_max: float | None) -> AttackPlan:
+    """The plan of a fixed-epsilon attack: its radius comes from ``epsilons`` (or the search's
+    ``search_max``) or from its own ``eps`` parameter, never from both."""
+    eps = params.pop("eps", None)
+    if eps_search:
+        if given_eps and search_max is not None:
+            raise ValueError(f"{name}: eps={eps!r} in its parameters and search_max={search_max!r} both set the "
+                             "upper end of the epsilon search; give it once (search_max, --search-max)")
+        top = search_max if search_max is not None else eps
+        if top is not None:
+            top = check_positive("search_max (--search-max)" if search_max is not None else f"{name}'s eps", top)
+        return AttackPlan(name, spec, params, "search", search_max=top)
+    if given_eps and grid:
+        raise ValueError(f"{name}: eps={eps!r} in its parameters and epsilons={grid} both set its radii; "
+                         "give them once (epsilons, --epsilons or --eps)")
+    radii = grid or ([float(eps)] if eps is not None else None)
+    if not radii:
+        raise ValueError(f"{name} is a fixed-epsilon attack: give the radii to run it at "
+                         "(epsilons=[...], --epsilons 0.1,0.3) or ask for a per-sample epsilon "
+                         "search (eps_search=True, --eps-search)")
+    return AttackPlan(name, spec, params, "fixed", epsilons=check_grid(radii, "epsilons"))
 
 
 def _check_params(spec: AttackSpec, params: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core import check_eval_mode, check_label_range, check_logits, parse_norm
+from ..core import check_eval_mode, check_label_range, check_logits, parse_norm, radius_text
 from . import distributed as dist_util
 from .execute import merge_outcomes, run_plan
 from .plan import box_diameter, check_grid, make_plans
@@ -88,10 +88,14 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     ``targets`` makes the evaluation targeted: a tensor ``[N]`` of target classes, a class index,
     ``"random"`` / ``"least-likely"`` (a class other than the label, drawn per sample from the
     seed, or the lowest clean logit), or ``"all"`` (every other class in turn; a sample's norm
-    is its smallest over the targets); samples whose target is their label are not attacked.
-    ``eps`` are the radii the user asks about: the headline robust accuracy and the summary's
-    columns are reported there, and fixed-epsilon attacks run there unless ``epsilons`` say
-    otherwise. ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
+    is its smallest over the targets). A given target equal to the sample's label asks nothing (the
+    sample already is of that class): such samples are left out of the evaluation, its table and
+    every number (``config["left_out"]`` counts them), and a ValueError says so when that is all
+    of them. ``eps`` are the radii the user asks about: the headline robust accuracy and the
+    summary's columns are reported there, and fixed-epsilon attacks run there unless ``epsilons``
+    say otherwise; each must be answered by a minimal-norm attack, an epsilon search or a
+    fixed-epsilon attack run at it (else ValueError: no number is printed for an untested radius).
+    ``keep_tensors`` keeps this process's inputs and adversarials in ``Evaluation.tensors``.
     Everything is validated (settings, labels against the model's classes, every attack's
     hyper-parameters) before any file is written.
     """
@@ -103,16 +107,17 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     lo, hi = _check_box(x, bounds)
     plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick,
                        targeted=targets is not None)
+    _check_answered(eps, plans)
     _default_search_max(plans, p, x, (lo, hi))
     device = torch.device(device) if device is not None else _model_device(model)
-    targets = _check_targets(targets, y)
-    _check_certify(certify, targets)
+    targets = _check_targets(targets, y, _classes(model, x, y, device))
+    _check_certify(certify, targets, certify_time_limit)
     _preflight(model, x, y, targets, plans, (lo, hi), device, certify)
 
     settings = {"seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
                 "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
-                "targets": _describe_targets(targets), "eps": eps, "certify": certify,
-                "certify_time_limit": certify_time_limit if certify == "exact" else None}
+                "targets": _describe_targets(targets), "left_out": _left_out(targets, y), "eps": eps,
+                "certify": certify, "certify_time_limit": certify_time_limit if certify == "exact" else None}
     config = _config(model, x, y, plans, p, settings, describe)
 
     group = dist_util.setup(device)
@@ -134,9 +139,27 @@ def _check_box(x: torch.Tensor, bounds) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_certify(certify, targets) -> None:
+def _check_answered(eps: list[float] | None, plans) -> None:
+    """Every radius the user asks about needs an attack that answers it: a minimal-norm attack or
+    an epsilon search answers every radius, a fixed-epsilon attack only those it runs at. Elsewhere
+    robust accuracy would count every sample as robust for want of an attack (100%, untested)."""
+    if not eps or any(plan.mode != "fixed" for plan in plans):
+        return
+    ran = sorted({e for plan in plans for e in plan.epsilons})
+    untested = [e for e in eps if e not in ran]
+    if untested:
+        raise ValueError(f"eps {', '.join(radius_text(e) for e in untested)}: no attack runs there (the fixed-epsilon "
+                         f"attacks run at {', '.join(radius_text(e) for e in ran)} and no minimal-norm attack or "
+                         "epsilon search is in the run); add it to epsilons (--epsilons) or drop it from eps (--eps)")
+
+
+def _check_certify(certify, targets, time_limit) -> None:
     if certify not in (None, "bound", "exact"):
         raise ValueError(f"certify must be None, 'bound' or 'exact', got {certify!r}")
+    if certify == "exact":
+        from ..certify.api import check_time_limit
+
+        check_time_limit(time_limit, "certify_time_limit")
     if certify is not None and targets is not None:
         raise ValueError("certification bounds untargeted robustness; drop targets or certify")
 
@@ -146,8 +169,8 @@ def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
-    if not isinstance(search_steps, int) or search_steps < 0:
-        raise ValueError(f"search_steps must be an integer >= 0, got {search_steps!r}")
+    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
+        raise ValueError(f"search_steps must be an integer >= 1, got {search_steps!r}")  # 0 reported the box diameter
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
     if not sanity_margin >= 0:
@@ -187,6 +210,10 @@ def _attack_batches(model, x, y, plans, config, group, store, done, *, out, devi
     records, kept = [], []
     if done and group.rank == 0 and progress:
         print(f"resuming: {len(done)} of {n_batches} batches done", file=sys.stderr)
+    if config.get("left_out") and group.rank == 0 and progress:
+        print(f"note: {config['left_out']} of {len(x)} samples left out: their target is their own label (a targeted "
+              f"attack towards a sample's own class asks nothing); every number is over the other "
+              f"{len(x) - config['left_out']}", file=sys.stderr)
     todo = sum(min(bs, len(x) - b * bs) for b in mine) * len(plans)
     bar = tqdm(total=todo, desc="evaluate", unit="sample", disable=(not progress or group.rank != 0) or None,
                dynamic_ncols=True)
@@ -220,16 +247,17 @@ def _attack_batches(model, x, y, plans, config, group, store, done, *, out, devi
 
 
 def _one_batch(model, x, y, b, bs, plans, config, device, targets, bar=None):
-    xb = x[b * bs:(b + 1) * bs].to(device)
-    yb = y[b * bs:(b + 1) * bs].to(device)
+    index = torch.arange(b * bs, min((b + 1) * bs, len(x)))
+    if isinstance(targets, torch.Tensor):  # left out: their target is their label (see evaluate)
+        index = index[targets[index] != y[index].cpu()]
+    xb, yb = x[index].to(device), y[index].to(device)
     with torch.no_grad():
         logits = model(xb) if len(xb) else None
     pred = logits.argmax(dim=1) if len(xb) else yb.clone()
     correct = pred == yb
     tb = None
     if targets is not None and targets != "all":
-        tb = _batch_targets(targets, logits, yb, b, bs, config["seed"])
-        correct &= tb != yb
+        tb = _batch_targets(targets, logits, yb, index, b, config["seed"])
     xa, ya = xb[correct], (yb if tb is None else tb)[correct]
     outcomes = {}
     for plan in plans:
@@ -244,11 +272,9 @@ def _one_batch(model, x, y, b, bs, plans, config, device, targets, bar=None):
             outcomes[plan.name] = run(xa, ya, targeted=tb is not None)
         if bar is not None:
             bar.update(len(xb))
-    index = torch.arange(b * bs, b * bs + len(xb))
     record = batch_record(b, index, yb.cpu(), pred.cpu(), outcomes)
     if tb is not None:
         record["target"] = tb.cpu().tolist()
-        record["attacked"] = correct.cpu().tolist()
     if config.get("certify") and len(xa):
         record["certify"] = _certify_batch(model, xa, ya, outcomes, config)
     tensors = {"index": index[correct.cpu()], "inputs": xa.cpu()}
@@ -289,17 +315,40 @@ def _every_target(run, x: torch.Tensor, y: torch.Tensor, classes: int):
     return merge_outcomes(len(x), x, parts)
 
 
-def _check_targets(targets, y: torch.Tensor):
+def _check_targets(targets, y: torch.Tensor, classes: int):
+    """A target mode, or the given targets as a CPU tensor of classes of the model (``classes``);
+    refused when every sample's target is its own label (all of them would be left out)."""
     if targets is None or isinstance(targets, str) and targets in TARGET_MODES:
         return targets
     if isinstance(targets, int) and not isinstance(targets, bool):
+        if not 0 <= targets < classes:  # checked as an int: one too big for a tensor gets this message too
+            raise ValueError(f"target {targets} is out of range: targets must be in 0..{classes - 1} (the model has "
+                             f"{classes} classes)")
         targets = torch.full_like(y, targets)
     if isinstance(targets, str):
         raise ValueError(f"targets must be one of {', '.join(TARGET_MODES)}, a class or a tensor of classes, "
                          f"got {targets!r}")
     if not isinstance(targets, torch.Tensor) or targets.shape != y.shape or targets.is_floating_point():
         raise ValueError(f"targets must be an integer tensor shaped like the labels {tuple(y.shape)}")
+    try:
+        check_label_range(targets, classes)
+    except ValueError as err:
+        raise ValueError(f"targets: {err}") from None
+    if bool((targets.cpu() == y.cpu()).all()):
+        raise ValueError(f"every sample's target is its own label{_one_class(targets)}: a targeted attack towards "
+                         "a sample's own class asks nothing, so nothing is left to attack; choose another target")
     return targets.long().cpu()
+
+
+def _one_class(targets: torch.Tensor) -> str:
+    return f" (class {int(targets[0])})" if bool((targets == targets[0]).all()) else ""
+
+
+def _left_out(targets, y: torch.Tensor) -> int | None:
+    """How many samples a given target leaves out (their target is their label); None when none."""
+    if not isinstance(targets, torch.Tensor):
+        return None
+    return int((targets == y.cpu()).sum()) or None
 
 
 def _describe_targets(targets) -> str | None:
@@ -308,10 +357,11 @@ def _describe_targets(targets) -> str | None:
     return "given:" + tensor_fingerprint(targets)
 
 
-def _batch_targets(targets, logits, yb, b, bs, seed) -> torch.Tensor:
-    """Targets of batch ``b``: given, least likely clean class, or a seeded random other class."""
+def _batch_targets(targets, logits, yb, index, b, seed) -> torch.Tensor:
+    """Targets of batch ``b`` (samples ``index``): given, least likely clean class, or a seeded
+    random other class."""
     if isinstance(targets, torch.Tensor):
-        return targets[b * bs:b * bs + len(yb)].to(yb.device)
+        return targets[index].to(yb.device)
     if targets == "least-likely":
         masked = logits.clone()
         masked[torch.arange(len(yb)), yb] = math.inf
@@ -322,15 +372,8 @@ def _batch_targets(targets, logits, yb, b, bs, seed) -> torch.Tensor:
 
 
 def _preflight(model, x, y, targets, plans, bounds, device, certify=None) -> None:
-    """Every check that needs the model, before any file is written: the model's output on one
-    sample, labels (and targets) against its classes, each attack's hyper-parameters (by a call
-    on an empty batch, which validates them and runs nothing)."""
-    with torch.no_grad():
-        logits = model(x[:1].to(device))
-    k = check_logits(logits, 1)
-    check_label_range(y, k)
-    if isinstance(targets, torch.Tensor):
-        check_label_range(targets, k)
+    """Every check that needs the model, before any file is written (with :func:`_classes`): each
+    attack's hyper-parameters (by a call on an empty batch, which validates them and runs nothing)."""
     for plan in plans:
         extra = {} if plan.mode == "minimal" else {"eps": plan.epsilons[0] if plan.epsilons else plan.search_max}
         try:
@@ -342,6 +385,17 @@ def _preflight(model, x, y, targets, plans, bounds, device, certify=None) -> Non
         from ..certify import build_graph
 
         build_graph(model)  # names the first layer it cannot encode
+
+
+def _classes(model, x: torch.Tensor, y: torch.Tensor, device) -> int:
+    """The model's class count, from its output on one sample (checked), and the labels against it."""
+    with torch.no_grad():
+        logits = model(x[:1].to(device))
+    k = check_logits(logits, 1)
+    check_label_range(y, k)
+    return k
+
+
 def _model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
