@@ -296,3 +296,24 @@ def test_describe_prints_the_card(capsys):
     assert main(["attack", "--describe", "pgd-l2"]) == 0
     card = capsys.readouterr().out
     assert next(line for line in card.splitlines() if line.strip().startswith("norm ")).endswith("(fixed by this entry)")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--attack", "ddn", "--target", "3", "--target-mode", "least-likely"], "--target CLASS and --target-mode exclude"),
+    (["--attack", "ddn", "--measure"], "--measure counts passes for --describe NAME"),
+    (["--describe", ""], "unknown attack ''"),
+])
+def test_options_that_were_silently_ignored_exit_2(data_file, capsys, argv, needle):
+    """The mode was ignored for --target, --measure without --describe did nothing, and
+    --describe "" asked for --attack."""
+    code = main(["attack", *argv, "--quick", "--model", MODEL, "--data", data_file[0]])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_target_mode_alone_makes_the_run_targeted(data_file, tmp_path, capsys):
+    """--target-mode without --targeted ran untargeted."""
+    out = tmp_path / "run"
+    assert main(["attack", "--attack", "ddn", "--target-mode", "least-likely", "--quick", "--model", MODEL,
+                 "--data", data_file[0], "--out", str(out)]) == 0
+    assert _recorded(json.loads((out / "results.json").read_text()), "targets") == "least-likely"

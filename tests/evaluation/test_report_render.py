@@ -260,3 +260,18 @@ def test_a_certified_run_explains_the_certified_curve_and_the_bracket(run):
     labels = [line.get_label() for line in run.figures["robust_accuracy.png"].axes[0].get_lines()]
     assert "certified (lower bound)" in labels
     assert not any("bracket" in line for line in report.glossary_markdown(None))  # not for uncertified runs
+
+
+def test_a_fixed_eps_attack_has_no_robust_accuracy_where_it_did_not_run():
+    """PGD run at 0.1 showed RA@0.5 as a plain number: every sample it never tried at 0.5 counted
+    as robust there."""
+    model = tiny_mlp()
+    x = tiny_inputs(6)
+    ev = minnorm.evaluate(model, (x, true_labels(model, x)), ["pgd-l2", "ddn"], 2, epsilons=[0.1], eps=[0.1, 0.5],
+                          quick=True, progress=False)
+    head, rows = report.table_cells(ev)
+    cells = {r[0]: dict(zip(head, r)) for r in rows}
+    assert cells["pgd-l2"]["RA@0.5"] == "not run"
+    assert cells["pgd-l2"]["RA@0.1"] == f"{100 * ev.robust_accuracy(0.1, 'pgd-l2'):.1f}%"
+    assert cells["ddn"]["RA@0.5"] == f"{100 * ev.robust_accuracy(0.5, 'ddn'):.1f}%"
+    assert cells["All"]["RA@0.5"].endswith("%")

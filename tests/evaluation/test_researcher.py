@@ -203,6 +203,9 @@ def test_target_equal_to_the_label_is_left_out(data):
     robust = ev.table["correct"] & ~(ev.table["best_norm"] <= 0.05)
     assert ev.robust_accuracy(0.05) == pytest.approx(robust.sum() / (len(y) - own))
     assert ev.row()["success_rate"] == 1.0 and not ev.warnings  # every attacked sample broken, nothing suspect
+    from minnorm.evaluation.report import settings_lines
+
+    assert f"{len(y) - own} samples ({own} more left out: their target is their label)" in settings_lines(ev)[1]
     given = (y + 1) % 4
     given[0] = y[0]  # a tensor of targets: only that sample is left out
     assert minnorm.evaluate(model, (x, y), "ddn", 2, quick=True, targets=given, progress=False).samples == len(y) - 1

@@ -44,9 +44,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--correct-only", action="store_true",
                    help="keep only samples the model classifies correctly before taking the first N")
     p.add_argument("--targeted", action="store_true", help="targeted attack (targets from --target-mode)")
-    p.add_argument("--target-mode", choices=["random", "least-likely", "all"], default="random",
-                   help="how targets are chosen: a random other class (seeded by --seed), the least likely "
-                        "clean class, or every other class in turn (default: random)")
+    p.add_argument("--target-mode", choices=["random", "least-likely", "all"],
+                   help="how targets are chosen (implies --targeted): a random other class (seeded by --seed), the "
+                        "least likely clean class, or every other class in turn (default: random)")
     p.add_argument("--target", type=int, metavar="CLASS", help="targeted attack towards this class (samples of "
                                                                "that class are left out of every number)")
     p.add_argument("--budget", type=c.positive_int, help="forward+backward passes allowed per sample (a hard cap)")
@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(c.format_table(c.REGISTRY_HEADERS, c.registry_rows()))
         return 0
-    if args.describe:
+    if args.describe is not None:
         print(describe(c.get_attack(args.describe), args.measure))
         return 0
+    if args.measure:
+        raise ValueError("--measure counts passes for --describe NAME; give the attack with --describe")
     if not args.attack:
         raise ValueError("--attack NAME is required (see minnorm attack --list)")
     c.check_out(args.out)  # before anything runs
@@ -71,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     params = c.parse_params(args.param)
     if "eps" in params:
         raise ValueError("give the radius with --eps, not --param eps=...")
-    if args.target is not None:
+    if args.target is not None and args.target_mode is not None:
+        raise ValueError("--target CLASS and --target-mode exclude each other: a fixed class or a way to choose one")
+    if args.target is not None or args.target_mode is not None:
         args.targeted = True
+    args.target_mode = args.target_mode or "random"
     if args.targeted and not spec.targeted:
         raise ValueError(f"{spec.name} does not support targeted attacks")
     spec.check_params(params)

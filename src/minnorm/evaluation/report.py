@@ -134,8 +134,18 @@ def table_cells(ev) -> tuple[list[str], list[list[str]]]:
                      _f(r["relative_mean"]), _f(r["relative_worst"]), _f(r["area_gap"], True),
                      f"{r['passes_per_sample']:.1f}" if math.isfinite(r["passes_per_sample"]) else "-",
                      str(r["over_budget"]), _f(r["seconds_per_sample"])]
-                    + [_f(ev.robust_accuracy(e, name), True) for e in radii])
+                    + [_f(ev.robust_accuracy(e, name), True) if _answers(ev, name, e) else "not run" for e in radii])
     return head, rows
+
+
+def _answers(ev, name: str | None, eps: float) -> bool:
+    """Whether the attack ``name`` (None: best of all) measured robustness at ``eps``: a minimal-norm
+    attack or an epsilon search does at every radius, a fixed-epsilon one only where it ran (its
+    robust accuracy elsewhere would count the samples it never tried at that radius as robust)."""
+    plan = next((a for a in ev.config["attacks"] if a["name"] == name), None)
+    if plan is None or plan["mode"] != "fixed":
+        return True
+    return any(math.isclose(eps, e, rel_tol=1e-9, abs_tol=1e-12) for e in plan["epsilons"])
 
 
 def settings_lines(ev) -> list[str]:
@@ -143,7 +153,8 @@ def settings_lines(ev) -> list[str]:
     model = c["model"].get("name") or c["model"]["class"]
     data = c["data"].get("name") or "tensors"
     env = ev.environments[0] if ev.environments else {}
-    lines = [f"model: {model} ({c['model']['fingerprint']})", f"data: {data}, {ev.samples} samples, "
+    left = f" ({c['left_out']} more left out: their target is their label)" if c.get("left_out") else ""
+    lines = [f"model: {model} ({c['model']['fingerprint']})", f"data: {data}, {ev.samples} samples{left}, "
              f"clean accuracy {_f(ev.clean_accuracy, True)}", f"norm: {c['norm']}, seed {c['seed']}, batch size "
              f"{c['batch_size']}, budget {c['budget'] or 'none'}",
              "attacks: " + "; ".join(_attack_line(p) for p in c["attacks"]),
@@ -163,7 +174,8 @@ GLOSSARY = [
      "curve. Its robust accuracy is an upper bound on the model's true robust accuracy (a stronger attack can "
      "only lower it)."),
     ("robust accuracy (RA@eps)", "the fraction of all samples that are classified correctly and not broken within "
-     "eps (a norm <= eps * (1 + 1e-4) + 1e-6: the one tolerance rule); RA@0 is the clean accuracy."),
+     "eps (a norm <= eps * (1 + 1e-4) + 1e-6: the one tolerance rule); RA@0 is the clean accuracy. \"not run\": "
+     "a fixed-epsilon attack that did not run at that radius says nothing there."),
     ("success", "broken samples over attacked ones (the correctly classified samples)."),
     ("median norm", "the median norm of the adversarials found, over the broken samples."),
     ("rel. worst", "relative worst: the largest relative perturbation ||dx|| / ||x|| over the broken samples "
