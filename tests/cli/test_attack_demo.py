@@ -317,3 +317,13 @@ def test_target_mode_alone_makes_the_run_targeted(data_file, tmp_path, capsys):
     assert main(["attack", "--attack", "ddn", "--target-mode", "least-likely", "--quick", "--model", MODEL,
                  "--data", data_file[0], "--out", str(out)]) == 0
     assert _recorded(json.loads((out / "results.json").read_text()), "targets") == "least-likely"
+
+
+@pytest.mark.parametrize("command", [["attack", "--attack", "ddn"], ["evaluate", "--attacks", "ddn"],
+                                     ["certify", "--mode", "lower"], ["train", "--model", "mlp", "--epochs", "1"]])
+def test_empty_out_is_refused_by_every_command(data_file, capsys, command):
+    """``--out ""`` meant "." for attack, print only for certify and out/train-MODEL for train."""
+    extra = [] if command[0] == "train" else ["--model", MODEL, "--data", data_file[0]]
+    code = main([*command, *extra, "--out", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out is empty" in err, err

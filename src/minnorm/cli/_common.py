@@ -298,7 +298,10 @@ def fit_data(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: t
 
 
 def check_out(path: str | None) -> None:
-    """Pre-flight check of ``--out`` (see :func:`minnorm.evaluation.store.check_out_dir`), before anything runs."""
+    """Pre-flight check of ``--out`` (see :func:`minnorm.evaluation.store.check_out_dir`), before anything runs;
+    an empty ``--out ""`` is refused (attack read it as ".", certify as "print only", train as its default)."""
+    if path is not None and not path.strip():
+        raise ValueError("--out is empty: give a folder, or leave --out out")
     if path:
         from ..evaluation.store import check_out_dir
 

@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import accuracy, train
 
     make_activation(args.activation)  # fail before loading data
-    c.check_out(args.out or f"out/train-{args.model}")  # before hours of training, not after
+    c.check_out(f"out/train-{args.model}" if args.out is None else args.out)  # before hours of training, not after
     if args.export:
         if Path(args.export).suffix != ".safetensors":
             raise ValueError(f"--export must end in .safetensors, got {args.export}")
