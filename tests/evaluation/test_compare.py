@@ -173,7 +173,8 @@ def test_the_plot_gives_each_norm_its_own_axis_and_each_run_its_colour(runs, tmp
     (["m1", "--eps", "-1"], "radius >= 0"),
     (["m1", "--eps", "abc"], "fraction such as 8/255"),
     (["m1", "m2", "--eps", "l2=0.1,linf"], "NORM=RADIUS"),
-    (["m1", "m2", "--labels", "a"], "one name per run"),
+    (["m1", "m2", "--labels", "a"], "one non-empty name per run"),
+    (["m1", "m2", "--labels", ","], "one non-empty name per run: 2 run(s), got ','"),  # said "got 2 name(s)"
     (["m1", "m2", "--labels", "a,a"], "a names two l2 runs"),
     (["m1", "nothing-here"], "not an evaluation run folder"),
 ])

@@ -115,6 +115,7 @@ def test_budget_credits_only_samples_within_their_passes():
 @pytest.mark.parametrize("kwargs, fix", [
     (dict(attacks=["no-such-attack"]), "unknown attack 'no-such-attack'; available"),
     (dict(attacks=["fgsm"]), "works in the linf norm but the evaluation is in l2"),
+    (dict(attacks=["ddn"], norm=3), "evaluation is in l3; no registered attack works in it"),  # listed nothing
     (dict(attacks=["fgm-l2"]), "give the radii"),
     (dict(attacks=["ddn"], grid=[0.5, 0.2]), "strictly increasing"),
     (dict(attacks=["ddn"], budget=0), "budget must be"),
@@ -138,7 +139,7 @@ def test_bad_input_fails_fast(kwargs, fix):
     model = tiny_mlp()
     x = tiny_inputs(3)
     with pytest.raises(ValueError, match=fix):
-        minnorm.evaluate(model, (x, true_labels(model, x)), norm=2, progress=False, **kwargs)
+        minnorm.evaluate(model, (x, true_labels(model, x)), progress=False, **{"norm": 2, **kwargs})
 
 
 def test_bad_data_fails_fast():

@@ -85,8 +85,8 @@ def run_labels(folders: Sequence[str | Path], labels: Sequence[str] | None) -> l
     if labels is not None:
         labels = [str(s).strip() for s in labels]
         if len(labels) != len(folders) or not all(labels):
-            raise ValueError(f"--labels needs one name per run: {len(folders)} run(s), got {len(labels)} name(s) "
-                             f"({','.join(labels)})")
+            raise ValueError(f"--labels needs one non-empty name per run: {len(folders)} run(s), got "
+                             f"{','.join(labels)!r}")
         return labels
     names = [Path(f).resolve().name or str(f) for f in folders]
     if len(set(names)) != len(names):

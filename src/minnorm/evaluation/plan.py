@@ -108,8 +108,9 @@ def make_plans(attacks: str | Sequence[Any] | Mapping[str, Mapping[str, Any]], n
         spec = registry.get(name)
         if spec.norm != p:
             same = [s.name for s in registry.specs() if s.norm == p]
+            where = f"attacks in this norm: {', '.join(same)}" if same else "no registered attack works in it"
             raise ValueError(f"attack {name!r} works in the {spec.norm_name} norm but the evaluation is in "
-                             f"{norm_name(p)}; attacks in this norm: {', '.join(same)}")
+                             f"{norm_name(p)}; {where}")
         if targeted and not spec.targeted:
             raise ValueError(f"{name} is untargeted only; targeted attacks: "
                              f"{', '.join(s.name for s in registry.specs() if s.targeted and s.norm == p)}")

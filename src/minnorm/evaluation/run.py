@@ -135,7 +135,7 @@ def _check_box(x: torch.Tensor, bounds) -> tuple[float, float]:
         raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
     if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
         raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
-                         f"{float(x.max()):g}]; rescale the data or pass bounds=")
+                         f"{float(x.max()):g}]; rescale the data to the box (in Python, or pass bounds=)")
     return lo, hi
 
 
