@@ -129,7 +129,8 @@ def test_budget_credits_only_samples_within_their_passes():
     (dict(attacks=["pgd-l2"], eps_search=True, search_max=0.0), r"search_max \(--search-max\) must be > 0"),
     (dict(attacks={"pgd-l2": {"eps": 0}}, eps_search=True), "pgd-l2's eps must be > 0"),
     # no bisection step reported the box diameter as every sample's minimal norm
-    (dict(attacks=["pgd-l2"], eps_search=True, search_steps=0), "search_steps must be an integer >= 1"),
+    (dict(attacks=["pgd-l2"], eps_search=True, search_steps=0), "search_steps must be an integer from 1 to 64"),
+    (dict(attacks=["pgd-l2"], eps_search=True, search_steps=100_000), "search_steps must be an integer from 1 to 64"),
     # inf / nan reached the solver as "inf" / null through the saved config
     (dict(attacks=["ddn"], certify="exact", certify_time_limit=math.inf), "certify_time_limit must be > 0 and finite"),
     (dict(attacks=["ddn"], certify="exact", certify_time_limit=0), "certify_time_limit must be > 0"),

@@ -117,3 +117,6 @@ def test_parse_grid():
         parse_grid("0.3,0.1", "--grid")
     with pytest.raises(ValueError, match="comma-separated"):
         parse_grid("a,b", "--grid")
+    assert len(parse_grid("0:1:10000", "g")) == 10_000
+    with pytest.raises(ValueError, match="count from 2 to 10000"):  # 10**9 built the list for minutes
+        parse_grid("0:1:1000000000", "--grid")

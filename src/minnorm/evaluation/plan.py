@@ -51,13 +51,16 @@ def check_grid(grid: Iterable[float] | None, name: str = "epsilon grid") -> list
     return values
 
 
+MAX_GRID = 10_000  # radii in a start:stop:count grid
+
+
 def parse_grid(text: str, name: str) -> list[float]:
     """``0.1,0.2,0.5`` or ``start:stop:count`` (count points, both ends included)."""
     try:
         if text.count(":") == 2:
             start, stop, count = text.split(":")
             n = int(count)
-            if n < 2:
+            if not 2 <= n <= MAX_GRID:  # a count of 10**9 built the list for minutes
                 raise ValueError
             a, b = float(start), float(stop)
             values = [a + (b - a) * i / (n - 1) for i in range(n)]
@@ -65,7 +68,7 @@ def parse_grid(text: str, name: str) -> list[float]:
             values = [parse_fraction(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{name}: expected comma-separated numbers (0.1,0.2,0.5) or start:stop:count "
-                         f"with count >= 2, got {text!r}") from None
+                         f"with count from 2 to {MAX_GRID}, got {text!r}") from None
     return check_grid(values, name)
 
 

@@ -169,8 +169,9 @@ def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"budget must be a whole number of passes >= 1 (or None), got {budget!r}")
-    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or search_steps < 1:
-        raise ValueError(f"search_steps must be an integer >= 1, got {search_steps!r}")  # 0 reported the box diameter
+    # 0 steps reported the box diameter; past ~60 halvings a float64 interval stops shrinking (and each step runs the attack)
+    if isinstance(search_steps, bool) or not isinstance(search_steps, int) or not 1 <= search_steps <= 64:
+        raise ValueError(f"search_steps must be an integer from 1 to 64, got {search_steps!r}")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
     if not sanity_margin >= 0:
