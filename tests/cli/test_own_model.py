@@ -35,7 +35,9 @@ def test_model_args_normalize_and_input_shape(tmp_path, flat_data, capsys):
 def test_bad_model_options_exit_2(flat_data, capsys):
     path, _ = flat_data
     base = ["evaluate", "--attacks", "ddn", "--quick", "--data", path, "--device", "cpu"]
-    cases = [(["--model", "helpers:tiny_mlp", "--model-arg", "widht=3", "--input-shape", "1,8,8"], "does not take"),
+    cases = [(["--model", "helpers:tiny_mlp", "--model-arg", "widht=3", "--input-shape", "1,8,8"],
+              "cannot be called with these arguments"),
+             (["--model", "os.path:join"], "--model os.path:join: the factory cannot be called with no arguments"),
              (["--model", "helpers:tiny_mlp", "--model-arg", "hidden"], "--model-arg expects key=value"),
              (["--model", "cnn", "--model-arg", "width=3"], "factory"),
              (["--model", "helpers:tiny_mlp", "--normalize", "0.5", "--input-shape", "1,8,8"], "MEAN/STD"),

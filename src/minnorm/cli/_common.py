@@ -190,9 +190,8 @@ def load_model(spec: str, weights: str | None = None, device: torch.device | str
         try:
             model = factory(**(model_args or {}))
         except TypeError as err:
-            if not model_args:
-                raise
-            raise ValueError(f"--model {spec}: the factory does not take these arguments ({err})") from None
+            given = "these arguments" if model_args else "no arguments (give them with --model-arg KEY=VALUE)"
+            raise ValueError(f"--model {spec}: the factory cannot be called with {given} ({err})") from None
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
     elif spec.endswith(".json"):
