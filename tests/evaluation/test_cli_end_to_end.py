@@ -95,7 +95,8 @@ def test_report_rebuilds_and_compare(run_dir, tmp_path, capsys):
     (["--attacks", "ddn,no-such-attack"], "unknown attack 'no-such-attack'; available:"),
     (["--attacks", "ddn", "--data", "/no/such/data.pt"], "no such file or folder: /no/such/data.pt"),
     (["--attacks", "ddn", "--model", "no_such_module:make"], "--model: cannot import 'no_such_module:make'"),
-    (["--attacks", "ddn", "--model", "helpers:ReshapedModel"], "could not load --model helpers:ReshapedModel"),
+    (["--attacks", "ddn", "--model", "helpers:ReshapedModel"],
+     "--model helpers:ReshapedModel: the factory cannot be called with no arguments"),
     (["--attacks", "ddn", "--grid", "0,0.5,0.2"], "--grid must be strictly increasing, but 0.2 follows 0.5"),
     (["--attacks", "fgm-l2", "--epsilons", "1,1"], "--epsilons must be strictly increasing"),
     (["--attacks", "fgm-l2"], "fgm-l2 is a fixed-epsilon attack: give the radii"),
@@ -110,6 +111,9 @@ def test_report_rebuilds_and_compare(run_dir, tmp_path, capsys):
      "give the radii of fixed-epsilon attacks with --epsilons (or --eps)"),
     (["--attacks", "pgd-l2", "--eps-search", "--param", "eps=0.5"], "upper end of --eps-search with --search-max"),
     (["--attacks", "pgd-l2", "--eps-search", "--search-max", "0"], "search_max (--search-max) must be > 0"),
+    (["--attacks", "pgd-l2", "--epsilons", "0.3", "--search-steps", "20"],  # used to be dropped silently
+     "--search-steps sets the bisection of --eps-search; add --eps-search"),
+    (["--attacks", "pgd-l2", "--epsilons", "0.3", "--search-max", "2"], "--search-max sets the bisection"),
 ])
 def test_bad_input_fails_fast_with_a_fix(args, fix, tmp_path, capsys):
     out = tmp_path / "never"

@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epsilons", help="radii to run fixed-epsilon attacks at, increasing: 0.1,0.3 or start:stop:count")
     p.add_argument("--eps-search", action="store_true",
                    help="turn fixed-epsilon attacks into minimal-norm estimates by a per-sample bisection")
-    p.add_argument("--search-steps", type=c.positive_int, default=10, help="bisection steps of --eps-search (default: 10)")
+    p.add_argument("--search-steps", type=c.positive_int, help="bisection steps of --eps-search (default: 10)")
     p.add_argument("--search-max", type=c.radius, help="upper end of the bisection (default: the box diameter)")
     p.add_argument("--grid", help="epsilon grid of the robust accuracy curves, increasing: 0,0.5,1 or 0:2:21 "
                                   "(default: 21 radii up to the largest best-of-all norm)")
@@ -122,6 +122,11 @@ def attack_names(args: argparse.Namespace) -> list[str]:
     """The attacks named by --attacks or --preset, checked (with --norm/--norms) before any loading."""
     from ..evaluation.norms import split_attacks
 
+    unused = [flag for flag, value in (("--search-steps", args.search_steps), ("--search-max", args.search_max))
+              if value is not None]
+    if unused and not args.eps_search:
+        verb = "sets" if len(unused) == 1 else "set"
+        raise ValueError(f"{' and '.join(unused)} {verb} the bisection of --eps-search; add --eps-search")
     if args.norms is not None and args.norm is not None:
         raise ValueError("--norm and --norms exclude each other: list every norm of the run in --norms, e.g. "
                          "--norms l2,linf")
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_checked(args, device)
     x, y = c.fit_data(model, c.reshape_inputs(x, args.input_shape), y, device, args.data)
     shared = dict(batch_size=args.batch_size, seed=args.seed, budget=args.budget, epsilons=epsilons,
-                  eps_search=args.eps_search, search_steps=args.search_steps, search_max=args.search_max, grid=grid,
+                  eps_search=args.eps_search, search_steps=args.search_steps or 10, search_max=args.search_max, grid=grid,
                   overwrite=args.overwrite, device=device, save_adversarials=not args.no_adversarials,
                   examples=args.examples, sanity_margin=args.sanity_margin, quick=args.quick, targets=targets,
                   certify=args.certify, certify_time_limit=args.certify_time_limit,
