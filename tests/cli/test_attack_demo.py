@@ -236,6 +236,11 @@ def test_demo_explicit_attacks_and_errors(data_file, capsys):
     assert "unknown attack 'nope'" in capsys.readouterr().err
     assert main(base + ["--attacks", "ddn@0.1"]) == 2
     assert main(base + ["--attacks", "fgsm@x"]) == 2
+    for bad in ("fgsm@nan", "fgsm@-1", "fgsm@inf"):  # nan and -1 were only caught after the model loaded
+        assert main(["demo", "--attacks", bad, "--model", "no-such-model"]) == 2
+        assert "bad radius in" in capsys.readouterr().err
+    assert main(base + ["--attacks", "fgsm@8/255"]) == 0  # refused before, accepted by every other command
+    assert "0.03137" in capsys.readouterr().out
 
 
 def test_demo_shipped_model(capsys):

@@ -42,13 +42,16 @@ def add_parser(subparsers) -> None:
 
 
 def parse_attacks(text: str) -> list[tuple[str, float | None]]:
+    from ..core import check_radius
+
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, _, eps = item.partition("@")
-        try:
-            out.append((name.strip(), float(eps) if eps else None))
+        try:  # the one radius rule: finite, >= 0, fractions such as 8/255 accepted (as everywhere else)
+            out.append((name.strip(), check_radius(eps, "radius") if eps else None))
         except ValueError:
-            raise ValueError(f"--attacks: bad radius in {item!r}; expected NAME@EPS, e.g. pgd-l2@1.0") from None
+            raise ValueError(f"--attacks: bad radius in {item!r}; expected NAME@EPS with a finite EPS >= 0, "
+                             "e.g. pgd-l2@1.0 or pgd-linf@8/255") from None
     if not out:
         raise ValueError("--attacks: no attack given")
     return out
