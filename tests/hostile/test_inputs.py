@@ -119,6 +119,14 @@ def test_a_folder_named_like_a_file_is_called_a_folder(ws, capsys, command, opti
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_string_labels_in_npz_name_the_file(ws, capsys, command):
+    """numpy's conversion error came without the file's name."""
+    path = ws.inputs / "strings.npz"
+    np.savez(path, x=tiny_inputs(3).numpy(), y=np.array(["a", "b", "c"]))
+    ws.refused(ws.args(command, path), capsys, f"{path}: images and labels must be numeric arrays")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_sparse_inputs_are_refused(ws, capsys, command):
     """A sparse ``x`` ended in "reshape is not implemented for sparse tensors" (a traceback)."""
     path = ws.data_file("sparse.pt", x=tiny_inputs(6).to_sparse())

@@ -71,8 +71,11 @@ def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Ten
                source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (``[N, H, W]`` or ``[N, C, H, W]``, or flat rows ``[N, D]`` as they are) ->
     float32 in [0, 1] with a channel axis; float images pass through. Labels -> int64. Checked by :func:`check_pair`."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    try:
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+    except (TypeError, ValueError) as err:  # strings, objects: numpy's message without the file's name
+        raise ValueError(f"{source}: images and labels must be numeric arrays; {str(err).splitlines()[0]}") from None
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() not in (2, 4):
