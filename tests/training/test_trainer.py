@@ -306,3 +306,15 @@ def test_attack_arg_without_value_names_its_option(tmp_path, capsys):
                  "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--attack-arg expects key=value" in err, err  # it said --param
+
+
+def test_cli_train_tests_on_saved_adversarials(tmp_path, capsys):
+    """--test-data took datasets only; the adversarials file `minnorm attack` writes was refused."""
+    from minnorm.cli import main
+    x, y = TRAIN
+    np.savez(tmp_path / "train.npz", x=x.numpy(), y=y.numpy())
+    torch.save({"adversarials": TEST[0], "labels": TEST[1]}, tmp_path / "adv.pt")
+    code = main(["train", "--model", "mlp", "--data", str(tmp_path / "train.npz"), "--test-data",
+                 str(tmp_path / "adv.pt"), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr().err

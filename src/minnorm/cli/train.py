@@ -87,12 +87,15 @@ def _load(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], 
     name = args.data.lower()
     if name in _DATASETS:
         train = data.resolve_dataset(f"{name}:train", args.data_root)
-        test = data.resolve_dataset(args.test_data or f"{name}:test", args.data_root)
+        test_spec = args.test_data or f"{name}:test"
     else:
         if not args.test_data:
             raise ValueError("--test-data is required when --data is not fashion-mnist or cifar10")
         train = data.resolve_dataset(args.data, args.data_root)
-        test = data.resolve_dataset(args.test_data, args.data_root)
+        test_spec = args.test_data
+    # a tensor file (e.g. the adversarials `minnorm attack` saved) is read as attack and evaluate read it
+    test = (c.load_data(test_spec) if test_spec.endswith(c.TENSOR_SUFFIXES)
+            else data.resolve_dataset(test_spec, args.data_root))
     if args.train_size:
         train = (train[0][:args.train_size], train[1][:args.train_size])
     if train[0].shape[1:] != test[0].shape[1:]:
