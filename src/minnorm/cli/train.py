@@ -143,7 +143,7 @@ def _load_init(model: torch.nn.Module, init: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import build_model, make_activation, save_weights
+    from ..models import build_model, make_activation
     from ..training import accuracy, train
 
     make_activation(args.activation)  # fail before loading data
@@ -155,16 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = c.resolve_device(args.device)
-    if not args.adversary:
-        unused = [flag for flag, value in (("--eps", args.max_norm), ("--steps", args.steps),
-                                           ("--attack-arg", args.attack_arg)) if value]
-        if unused:
-            raise ValueError(f"{', '.join(unused)} set the adversary; name one with --adversary")
-    adversary_kwargs = c.parse_params(args.attack_arg, "--attack-arg")
-    if args.steps is not None:
-        adversary_kwargs["steps"] = args.steps
-    if args.adversary:
-        c.get_attack(args.adversary)  # unknown names fail before any data is read
+    adversary_kwargs = _adversary_kwargs(args)
     train_data, test_data = _load(args)
     num_classes = int(max(train_data[1].max(), test_data[1].max())) + 1
     kwargs = _model_kwargs(args, train_data[0], num_classes)
@@ -186,21 +177,41 @@ def run(args: argparse.Namespace) -> int:
           + (f", robust accuracy {last['robust_accuracy']:.4f}" if last.get("robust_accuracy") is not None else ""))
     print(f"checkpoint and logs in {out}")
     if args.export:
-        path = Path(args.export)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"--export must end in .safetensors, got {path}")
-        from .. import __version__
-        meta = {
-            "name": path.stem, "architecture": args.model, "model_kwargs": kwargs,
-            "input_shape": list(train_data[0].shape[1:]), "bounds": [0.0, 1.0], "dataset": args.data,
-            "recipe": _recipe(args), "epochs": last["epoch"], "seconds": round(last["total_seconds"], 1),
-            "clean_test_accuracy": test_acc, "test_samples": len(test_data[1]),
-            "robust_accuracy": last.get("robust_accuracy"), "adversary": args.adversary, "max_norm": args.max_norm,
-            "init": args.init,
-            "log": log, "date": datetime.date.today().isoformat(), "minnorm": __version__,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-        }
-        save_weights(model, path, metadata={"architecture": args.model, "model_kwargs": kwargs})
-        write_json(path.with_suffix(".json"), meta)
-        print(f"exported {path} and {path.with_suffix('.json')}")
+        _export(args, model, kwargs, train_data, test_acc, len(test_data[1]), log)
     return 0
+
+
+def _adversary_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The adversary's hyper-parameters from --steps and --attack-arg, checked before any data is read."""
+    if not args.adversary:
+        unused = [flag for flag, value in (("--eps", args.max_norm), ("--steps", args.steps),
+                                           ("--attack-arg", args.attack_arg)) if value]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} set the adversary; name one with --adversary")
+    adversary_kwargs = c.parse_params(args.attack_arg, "--attack-arg")
+    if args.steps is not None:
+        adversary_kwargs["steps"] = args.steps
+    if args.adversary:
+        c.get_attack(args.adversary)  # unknown names fail before any data is read
+    return adversary_kwargs
+
+
+def _export(args, model, kwargs, train_data, test_acc: float, test_samples: int, log: list[dict]) -> None:
+    """--export: the weights and a JSON like the shipped ones (checked for its suffix up front)."""
+    from .. import __version__
+    from ..models import save_weights
+
+    path, last = Path(args.export), log[-1]
+    meta = {
+        "name": path.stem, "architecture": args.model, "model_kwargs": kwargs,
+        "input_shape": list(train_data[0].shape[1:]), "bounds": [0.0, 1.0], "dataset": args.data,
+        "recipe": _recipe(args), "epochs": last["epoch"], "seconds": round(last["total_seconds"], 1),
+        "clean_test_accuracy": test_acc, "test_samples": test_samples,
+        "robust_accuracy": last.get("robust_accuracy"), "adversary": args.adversary, "max_norm": args.max_norm,
+        "init": args.init,
+        "log": log, "date": datetime.date.today().isoformat(), "minnorm": __version__,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    }
+    save_weights(model, path, metadata={"architecture": args.model, "model_kwargs": kwargs})
+    write_json(path.with_suffix(".json"), meta)
+    print(f"exported {path} and {path.with_suffix('.json')}")

@@ -99,26 +99,21 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     Everything is validated (settings, labels against the model's classes, every attack's
     hyper-parameters) before any file is written.
     """
-    x, y = _as_tensors(data)
-    p = parse_norm(norm)
+    (x, y), p = _as_tensors(data), parse_norm(norm)
     _check_settings(batch_size, budget, search_steps, examples, sanity_margin)
     eps, epsilons, grid = _radii(eps, epsilons, eps_search, grid)
     check_eval_mode(model)
     lo, hi = _check_box(x, bounds)
-    plans = make_plans(attacks, p, epsilons=epsilons, eps_search=eps_search, search_max=search_max, quick=quick,
-                       targeted=targets is not None)
-    _check_answered(eps, plans)
-    _default_search_max(plans, p, x, (lo, hi))
+    plans = _plans(attacks, p, x, (lo, hi), eps, dict(epsilons=epsilons, eps_search=eps_search, search_max=search_max,
+                                                       quick=quick, targeted=targets is not None))
     device = torch.device(device) if device is not None else _model_device(model)
-    targets = _check_targets(targets, y, _classes(model, x, y, device))
-    _check_certify(certify, targets, certify_time_limit)
-    _preflight(model, x, y, targets, plans, (lo, hi), device, certify)
+    targets = _check_with_model(model, x, y, targets, plans, (lo, hi), device, certify, certify_time_limit)
 
-    settings = {"seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps,
-                "bounds": [lo, hi], "grid": grid, "examples": examples, "sanity_margin": sanity_margin,
-                "targets": _describe_targets(targets), "left_out": _left_out(targets, y), "eps": eps,
-                "certify": certify, "certify_time_limit": certify_time_limit if certify == "exact" else None}
-    config = _config(model, x, y, plans, p, settings, describe)
+    config = _config(model, x, y, plans, p, {
+        "seed": seed, "batch_size": batch_size, "budget": budget, "search_steps": search_steps, "bounds": [lo, hi],
+        "grid": grid, "examples": examples, "sanity_margin": sanity_margin, "targets": _describe_targets(targets),
+        "left_out": _left_out(targets, y), "eps": eps, "certify": certify,
+        "certify_time_limit": certify_time_limit if certify == "exact" else None}, describe)
 
     group = dist_util.setup(device)
     try:
@@ -137,6 +132,15 @@ def _check_box(x: torch.Tensor, bounds) -> tuple[float, float]:
         raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
                          f"{float(x.max()):g}]; rescale the data to the box (in Python, or pass bounds=)")
     return lo, hi
+
+
+def _plans(attacks, p: float, x: torch.Tensor, box: tuple[float, float], eps, options: dict[str, Any]) -> list:
+    """The attack plans (``make_plans`` with ``options``), every asked radius answered by one, an
+    epsilon search's default upper end filled in."""
+    plans = make_plans(attacks, p, **options)
+    _check_answered(eps, plans)
+    _default_search_max(plans, p, x, box)
+    return plans
 
 
 def _check_answered(eps: list[float] | None, plans) -> None:
@@ -370,6 +374,15 @@ def _batch_targets(targets, logits, yb, index, b, seed) -> torch.Tensor:
     # A uniform shift in 1..K-1 never lands on the label and is uniform over the others.
     gen = torch.Generator().manual_seed(batch_seed(seed, b, "targets"))
     return (yb + torch.randint(1, logits.shape[1], yb.shape, generator=gen).to(yb.device)) % logits.shape[1]
+
+
+def _check_with_model(model, x, y, targets, plans, bounds, device, certify, certify_time_limit):
+    """The checks that need the model (its classes, the targets against them, certification,
+    every attack's parameters); the checked targets."""
+    targets = _check_targets(targets, y, _classes(model, x, y, device))
+    _check_certify(certify, targets, certify_time_limit)
+    _preflight(model, x, y, targets, plans, bounds, device, certify)
+    return targets
 
 
 def _preflight(model, x, y, targets, plans, bounds, device, certify=None) -> None:
