@@ -10,7 +10,7 @@ import torch
 from affine_oracle import affine_model, inputs, untargeted_minimum
 from helpers import tiny_inputs, tiny_mlp, true_labels
 
-from minnorm.attacks import apgd
+from minnorm.attacks import apgd, apgd_at_eps
 from minnorm.core.objectives import dlr_objective
 from minnorm.attacks.apgd import apgd_checkpoints
 
@@ -77,3 +77,51 @@ def test_bad_settings():
         apgd(model, x, y, norm=3)
     with pytest.raises(ValueError, match="shrink"):
         apgd(model, x, y, shrink=1.0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_at_eps_breaks_just_above_the_exact_minimum_and_never_below(p):
+    """Two-class affine oracle in the box: the margin is linear, so APGD at 1.02x the exact minimum
+    (L1: 1.05x; the sparse l1 steps along the box's faces need 1.02-1.05x here) must break every
+    sample; at 0.98x no adversarial exists."""
+    model = affine_model(k=2, seed=1)
+    x = inputs(10, edge=True)
+    y = model(x).argmax(1)
+    ref = untargeted_minimum(model, x, y, p, (0.0, 1.0))
+    factor = 1.05 if p == 1 else 1.02
+    above = apgd_at_eps(model, x, y, eps=factor * ref, norm=p, steps=100)
+    assert bool(above.success.all())
+    assert bool((above.norms <= factor * ref * (1 + 1e-9)).all())
+    assert bool((model(above.adversarials).argmax(1) != y).all())
+    below = apgd_at_eps(model, x, y, eps=0.98 * ref, norm=p, steps=100)
+    assert not bool(below.success.any())
+    assert bool((below.backward_passes == 100).all())  # a sample not fooled runs every step
+
+
+def test_at_eps_targets_add_apgd_t_on_the_samples_not_fooled():
+    """A 3-class affine instance in Linf where the cross-entropy's ascent heads for the wrong class
+    on two samples: APGD-T over both other classes breaks them; samples CE fooled cost the same."""
+    model = affine_model(k=3, seed=2)
+    x = inputs(12, edge=True)
+    y = model(x).argmax(1)
+    eps = 1.02 * untargeted_minimum(model, x, y, math.inf, (0.0, 1.0))
+    ce = apgd_at_eps(model, x, y, eps=eps, norm=math.inf, steps=100)
+    both = apgd_at_eps(model, x, y, eps=eps, norm=math.inf, steps=100, targets=2)
+    assert not bool(ce.success.all()), "this instance no longer shows the effect"
+    assert bool(both.success.all())
+    assert torch.equal(both.backward_passes[ce.success], ce.backward_passes[ce.success])
+    assert bool((both.backward_passes[~ce.success] > 100).all())
+
+
+def test_at_eps_stops_at_the_first_adversarial_and_checks_its_settings():
+    model = tiny_mlp(dtype=torch.float64)
+    x = tiny_inputs(6, dtype=torch.float64)
+    y = true_labels(model, x)
+    res = apgd_at_eps(model, x, y, eps=10.0, norm=math.inf, steps=50)
+    assert bool(res.success.all()) and bool((res.backward_passes < 50).all())
+    with pytest.raises(ValueError, match="eps"):
+        apgd_at_eps(model, x, y, eps=-0.1)
+    with pytest.raises(ValueError, match="loss"):
+        apgd_at_eps(model, x, y, eps=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="norm"):
+        apgd_at_eps(model, x, y, eps=0.1, norm=3)

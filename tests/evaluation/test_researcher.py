@@ -143,12 +143,30 @@ def test_standard_preset_is_the_default(data, tmp_path, capsys):
     assert main(base + ["--norm", "inf"]) == 0  # no attack named: the standard ensemble of the norm
     assert "ensemble-linf" in capsys.readouterr().out
     assert main(base + ["--preset", "standard", "--norm", "2", "--eps", "0.5"]) == 0
-    assert "ensemble-l2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ensemble-l2" in printed and "apgd-at-eps-l2" in printed  # with radii: APGD-CE at them too
+    assert "best of 2 attacks" in printed
     assert main(base + ["--preset", "standard", "--attacks", "ddn"]) == 2
     capsys.readouterr()
     assert main(base + ["--norm", "l3"]) == 2  # no ensemble for l3: said so, not as an unknown attack
     assert "has an ensemble for the norms l2, linf, l1, not l3" in capsys.readouterr().err
     assert minnorm.evaluation.norms.split_attacks(["l1"], None) == {"l1": ["ensemble-l1"]}
+
+
+def test_preset_checks_the_radii_asked_for_with_apgd(data):
+    """A minimal-norm search stops just above the boundary; where radii are asked for the preset
+    adds APGD-CE at them (only for the norms with radii, and not when fixed-eps attacks are searched)."""
+    split = minnorm.evaluation.norms.split_attacks
+    assert split(["l2", "linf"], None, {"linf"}) == {"l2": ["ensemble-l2"], "linf": ["ensemble-linf", "apgd-at-eps-linf"]}
+    assert split(["l2"], ["ddn"], {"l2"}) == {"l2": ["ddn"]}  # named attacks are run as named
+    model, x, y = data
+    runs = minnorm.evaluate_norms(model, (x, y), ["linf", "l1"], eps={"linf": [0.05]}, quick=True)
+    assert runs["linf"].attack_names == ["ensemble-linf", "apgd-at-eps-linf"]
+    assert runs["l1"].attack_names == ["ensemble-l1"]
+    best = runs["linf"].robust_accuracy(0.05)
+    assert best <= min(runs["linf"].robust_accuracy(0.05, name) for name in runs["linf"].attack_names)
+    searched = minnorm.evaluate_norms(model, (x, y), ["linf"], eps={"linf": [0.05]}, eps_search=True, quick=True)
+    assert searched["linf"].attack_names == ["ensemble-linf"]
 
 
 class FailsOnBatch(torch.nn.Module):

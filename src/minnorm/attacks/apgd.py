@@ -1,5 +1,6 @@
-"""Minimal-norm search built on APGD (Croce & Hein, ICML 2020; l1-APGD: Croce & Hein, ICML 2021):
-per-sample bisection on eps with warm starts, CE or DLR loss, APGD-T over the top-k classes."""
+"""APGD (Croce & Hein, ICML 2020; l1-APGD: Croce & Hein, ICML 2021): a minimal-norm search
+(per-sample bisection on eps with warm starts, CE or DLR loss, APGD-T over the top-k classes),
+and APGD at a fixed eps (:func:`apgd_at_eps`, AutoAttack's APGD-CE / APGD-T)."""
 from __future__ import annotations
 
 import math
@@ -13,8 +14,9 @@ from ..core.norms import project_l1_box, project_l2_box
 from ..core.objectives import cross_entropy_objective, dlr_objective, logit_difference, margin_objective, top_other_classes
 from ..core.steps import sparse_l1_direction
 from ._minimal import refine_on_segment, safe_grad, start_tracking
+from .noise import per_sample_eps
 
-__all__ = ["apgd", "apgd_checkpoints"]
+__all__ = ["apgd", "apgd_at_eps", "apgd_checkpoints"]
 
 
 def apgd_checkpoints(n: int) -> list[int]:
@@ -83,6 +85,48 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
             make = _loss("dlr-t", run.labels, False, full)
             _Search(run, tracker, index, make, cfg).search(max(steps // top.shape[1], 1))
     refine_on_segment(run, tracker, index, refine)
+    return run.finish(tracker.points)
+
+
+def apgd_at_eps(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | torch.Tensor,
+                norm: float | str = "inf", targeted: bool = False, loss: str = "ce", steps: int = 100,
+                targets: int | None = None, momentum: float = 0.75, rho: float = 0.75, sparsity: float = 0.05,
+                bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None) -> AttackResult:
+    """APGD at the radius ``eps`` (float or ``[B]``): Algorithm 1 of the paper, one run of ``steps``
+    steps per sample from the clean input (deterministic, no random start), the step rule, the
+    step-size checkpoints and the projections of :func:`apgd`. A sample stops at its first
+    adversarial point, which is what it returns (the fixed-eps attacks' rule).
+
+    ``loss="ce"`` is AutoAttack's APGD-CE, ``"dlr"`` APGD-DLR (eq. (6)); ``targets=k`` runs, after
+    it, APGD-T with the targeted DLR loss (eq. (7)) towards each of the ``k`` largest clean logits
+    besides the label, ``steps`` steps each, on the samples not fooled yet (AutoAttack's second
+    attack). Cost: one forward and one backward pass per step. Samples misclassified already (or
+    at the target, targeted) are returned as they are, at norm 0.
+    """
+    if loss not in ("dlr", "ce"):
+        raise ValueError(f"loss must be 'dlr' or 'ce', got {loss!r}")
+    steps = check_int("steps", steps)
+    targets = None if targets is None else check_int("targets", targets)
+    momentum, rho, sparsity = (check_positive(n, v) for n, v in (("momentum", momentum), ("rho", rho),
+                                                                 ("sparsity", sparsity)))
+    if momentum > 1 or rho > 1 or sparsity > 1:
+        raise ValueError("momentum, rho and sparsity must be in (0, 1]")
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
+    if run.norm not in (1.0, 2.0, math.inf):
+        raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
+    radius = per_sample_eps(eps, run.inputs)
+    tracker, index = start_tracking(run)
+    cfg = _Config(steps, momentum, rho, 0.5, 2.0, 0.0, sparsity, apgd_checkpoints(steps))
+    losses = [_loss(loss, run.labels, run.targeted)]
+    if targets is not None and not run.targeted and run.num_classes > 2 and len(index):
+        top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
+        losses += [_loss("dlr-t", run.labels, False, torch.zeros_like(run.labels).index_copy(0, index, top[:, j]))
+                   for j in range(top.shape[1])]
+    for make in losses:
+        index = index[~torch.isfinite(tracker.norms[index])]
+        if len(index) == 0:
+            break
+        _AtRadius(run, tracker, index, make, cfg, radius[index]).search(steps)
     return run.finish(tracker.points)
 
 
@@ -259,7 +303,25 @@ class _Search:
         return (x0 + project_lp_ball(point - x0, p, eps)).clamp(lo, hi)
 
 
+class _AtRadius(_Search):
+    """APGD at a fixed radius per sample: one round of ``round_steps`` steps from the clean input
+    that ends at the sample's first adversarial point."""
+
+    def __init__(self, run, tracker: BestAdversarial, index: torch.Tensor, make_objective, cfg: _Config,
+                 eps: torch.Tensor):
+        super().__init__(run, tracker, index, make_objective, cfg)
+        self.eps = eps.to(self.eps.dtype)
+        self._start_round(torch.ones_like(self.alive))
+
+    def _end_rounds(self, r: torch.Tensor, adv: torch.Tensor) -> None:
+        self.alive[r] = self.alive[r] & ~adv & (self.k[r] < self.cfg.round_steps)
+
+
 for _p, _name in ((1.0, "apgd-l1"), (2.0, "apgd-l2"), (math.inf, "apgd-linf")):
     register(_name, apgd, norm=_p, minimal=True, targeted=True, paper="Croce & Hein 2020 (APGD), minimal-norm search",
              description="APGD-T (top 3 classes, DLR-T) with a per-sample bisection on eps, warm-started",
              defaults={"norm": _p, "targets": 3}, quick={"steps": 60, "round_steps": 10})
+    register(f"apgd-at-eps-{_name[5:]}", apgd_at_eps, norm=_p, minimal=False, targeted=True,
+             paper="Croce & Hein 2020 (APGD)",
+             description="APGD-CE at a fixed eps, 100 steps (targets=k: then APGD-T towards k classes)",
+             defaults={"norm": _p}, quick={"eps": {1.0: 10.0, 2.0: 1.0}.get(_p, 0.1), "steps": 10})

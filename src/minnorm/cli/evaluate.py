@@ -29,7 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--norm", help="norm of the evaluation: 1, 2 or inf (default: the first attack's); not with --norms")
     p.add_argument("--preset", choices=["standard"], help="standard: the standard ensemble of the norm "
                                                           "(ensemble-NORM: cheap attacks first, costly ones where "
-                                                          "they disagree, 2000 passes per sample); the default "
+                                                          "they disagree, 2000 passes per sample) and, with --eps, "
+                                                          "APGD-CE at those radii (apgd-at-eps-NORM); the default "
                                                           "when no attack is named")
     p.add_argument("--norms", metavar="N,N", help="several norms in one run, e.g. l2,linf: one evaluation per norm "
                                                   "in OUT/<norm>/ and one report with a section per norm")
@@ -138,7 +139,7 @@ def attack_names(args: argparse.Namespace) -> list[str]:
     if args.preset and args.attacks:
         raise ValueError("--preset and --attacks exclude each other")
     if args.preset and not args.norms:
-        (preset,) = split_attacks([args.norm or "inf"], None).values()
+        (preset,) = split_attacks([args.norm or "inf"], None, norms_with_radii(args)).values()
         args.attacks = ",".join(preset)
     names = [a.strip() for a in (args.attacks or "").split(",") if a.strip()]
     if args.attacks is not None and not names:
@@ -146,10 +147,22 @@ def attack_names(args: argparse.Namespace) -> list[str]:
                          "(minnorm attack --list)")
     specs = [c.get_attack(n) for n in names]  # unknown names fail here
     if args.norms is not None:
-        per_norm = split_attacks(norm_list(args.norms), names or None)
+        per_norm = split_attacks(norm_list(args.norms), names or None, norms_with_radii(args))
         specs = [c.get_attack(n) for group in per_norm.values() for n in group]
     note_unused_radii(args, specs)
     return names
+
+
+def norms_with_radii(args: argparse.Namespace) -> set[str]:
+    """The norms --eps gives radii for (the preset adds APGD at those radii), none when searching."""
+    from ..core import parse_norm
+    from ..evaluation.plan import norm_name
+
+    if not args.eps or args.eps_search:
+        return set()
+    if args.norms is None:
+        return {norm_name(parse_norm(args.norm or "inf"))}
+    return {norm_name(parse_norm(item.partition("=")[0].strip())) for item in args.eps.split(",") if "=" in item}
 
 
 def norm_list(text: str) -> list[str]:

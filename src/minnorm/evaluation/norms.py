@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from ..core import parse_norm
 from .plan import norm_name
@@ -17,10 +17,21 @@ from .results import Evaluation
 
 # The standard ensemble per norm (minnorm.attacks.ensemble): the default when no attack is named.
 PRESETS = {"l2": ["ensemble-l2"], "linf": ["ensemble-linf"], "l1": ["ensemble-l1"]}
+# ... and, where radii are asked for (eps), APGD-CE at each of them: a minimal-norm search ends
+# within ~0.5% above the boundary, so a sample whose minimum lies just below eps could count as
+# robust there; a fixed-eps attack at eps has that margin (benchmarks/RESULTS.md, ninth session).
+RADIUS_CHECKS = {"l2": "apgd-at-eps-l2", "linf": "apgd-at-eps-linf", "l1": "apgd-at-eps-l1"}
 
 
-def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -> dict[str, list[str]]:
-    """``{norm name: attack names}``: the attacks of each norm, or its preset."""
+def preset(norm: str, radii: bool = False) -> list[str]:
+    """The standard attacks of ``norm``: its ensemble, with ``radii`` also APGD-CE at the radii."""
+    return PRESETS[norm] + ([RADIUS_CHECKS[norm]] if radii else [])
+
+
+def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None,
+                  radii: Collection[str] = ()) -> dict[str, list[str]]:
+    """``{norm name: attack names}``: the attacks of each norm, or its preset (with the radius
+    check for the norms in ``radii``, those with radii of interest)."""
     from ..core import registry
 
     wanted = [norm_name(parse_norm(n)) for n in norms]
@@ -33,7 +44,7 @@ def split_attacks(norms: Sequence[float | str], attacks: Sequence[str] | None) -
         if missing:
             raise ValueError(f"--preset standard has an ensemble for the norms {', '.join(PRESETS)}, not "
                              f"{', '.join(missing)}; name the attacks with --attacks")
-        return {n: [a for a in PRESETS[n] if a in registry.available()] for n in wanted}
+        return {n: [a for a in preset(n, n in radii) if a in registry.available()] for n in wanted}
     per: dict[str, list[str]] = {n: [] for n in wanted}
     for name in attacks:
         norm = registry.get(name).norm_name
@@ -54,9 +65,13 @@ def evaluate_norms(model, data, norms: Sequence[float | str], attacks: Sequence[
     ``attacks`` may map names to parameters; ``eps`` maps a norm name to its radii."""
     from .run import evaluate
 
+    norms, attacks = _names(norms), _names(attacks)
     params = dict(attacks) if isinstance(attacks, Mapping) else {a: {} for a in attacks or []}
-    plan = split_attacks(norms, list(params) if attacks is not None else None)
+    if eps is not None and not isinstance(eps, Mapping):
+        raise TypeError(f"eps must map a norm to its radii, e.g. {{'linf': [8/255], 'l2': [0.5]}}, got {eps!r}")
     eps = {norm_name(parse_norm(k)): v for k, v in (eps or {}).items()}
+    radii = set() if kwargs.get("eps_search") else {k for k, v in eps.items() if v is not None}
+    plan = split_attacks(norms, list(params) if attacks is not None else None, radii)
     unknown = set(eps) - set(plan)
     if unknown:
         raise ValueError(f"--eps is given for {', '.join(sorted(unknown))}, which is not among the norms")
@@ -68,6 +83,11 @@ def evaluate_norms(model, data, norms: Sequence[float | str], attacks: Sequence[
     if out is not None:
         write_overview(results, Path(out))
     return results
+
+
+def _names(items):
+    """``"l2,linf"`` as ``["l2", "linf"]`` (as ``evaluate`` takes ``"ddn,tr-l2"``); anything else as it is."""
+    return [part.strip() for part in items.split(",")] if isinstance(items, str) else items
 
 
 def write_overview(results: dict[str, Evaluation], folder: Path) -> None:
