@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.validation import check_output_shape
 from ..models.architectures import Normalize
 
 __all__ = ["AFFINE", "PIECEWISE", "PiecewiseAffine", "Region", "RegionOperator"]
@@ -148,6 +149,7 @@ class PiecewiseAffine:
                 logits = self.model(x)
                 cons = list(self._constraints)
             self._check_count(len(cons))
+            check_output_shape(logits, x.shape[0])
             return logits, cons
         return fn
 
@@ -170,6 +172,7 @@ class PiecewiseAffine:
                     self._buffer = None
                 cons = list(self._constraints)
             self._check_count(len(cons))
+            check_output_shape(logits, v.shape[0])
             return logits, cons
         return fn
 

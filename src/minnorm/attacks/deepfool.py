@@ -8,7 +8,8 @@ import math
 
 import torch
 
-from ..core import AttackResult, check_int, check_positive, clip_box, per_objective_gradients, register, start_attack
+from ..core import (AttackResult, check_int, check_positive, check_switch, clip_box, per_objective_gradients, register,
+                    start_attack)
 from ..core.boundary import check_box_mode, nearest_boundary_step
 from ..core.objectives import logit_difference, top_other_classes
 
@@ -50,7 +51,7 @@ def deepfool(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float |
     signature and unused (DeepFool is deterministic).
     """
     check_box_mode(box)
-    if targeted:
+    if check_switch("targeted", targeted):
         raise NotImplementedError("DeepFool is untargeted only; use a targeted attack such as cw-l2 or ddn")
     max_iterations = check_int("max_iterations", max_iterations)
     overshoot = check_positive("overshoot", overshoot, allow_zero=True)

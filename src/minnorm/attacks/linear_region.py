@@ -17,7 +17,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..core import (AttackResult, available, check_int, check_positive, clip_box, get, lp_norm, parse_norm, register,
+from ..core import (AttackResult, available, check_int, check_positive, check_real, clip_box, get, lp_norm, parse_norm, register,
                     start_attack)
 from ..core.norms import norm_name
 from ..core.segment import bisect_segment, segment_points
@@ -123,20 +123,23 @@ def _walk(search: "_Search", todo: torch.Tensor, first: torch.Tensor, search_ste
 def _check_settings(inputs: torch.Tensor, norm: float | str, init: str | torch.Tensor, q: float, step_scale: float, *,
                     gamma: float, decision_scale: float, qp_tol: float, retries: int, **counts: int) -> float:
     """Refuse bad hyper-parameters before any pass; returns the parsed norm."""
+    if isinstance(inputs, torch.Tensor) and inputs.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"the linear-region attack solves its region LPs/QPs in the inputs' dtype, which must be "
+                        f"float32 or float64, got {inputs.dtype}")
     for name, value in counts.items():
         check_int(name, value)
     check_int("retries", retries, minimum=0)
     check_positive("gamma", gamma)
     check_positive("decision_scale", decision_scale)
     check_positive("qp_tol", qp_tol)
-    if not float(step_scale) >= 1:
-        raise ValueError(f"step_scale must be >= 1, got {step_scale}")
+    if not 1 <= check_real("step_scale", step_scale) < math.inf:
+        raise ValueError(f"step_scale must be >= 1 and finite, got {step_scale}")
     if isinstance(init, torch.Tensor):
         if init.shape != inputs.shape:
             raise ValueError(f"init as a tensor must have the inputs' shape {tuple(inputs.shape)}, got {tuple(init.shape)}")
     elif init not in ("deepfool", "ddn") and not (init in available() and get(init).minimal):
         raise ValueError(f"init must be 'deepfool', 'ddn' or a registered minimal-norm attack, got {init!r}")
-    if not 0.5 <= float(q) <= 1.0:
+    if not 0.5 <= check_real("q", q) <= 1.0:
         raise ValueError(f"q must lie in [0.5, 1], got {q}")
     p = parse_norm(norm)
     if p not in (1, 2, math.inf):

@@ -34,6 +34,7 @@ from ..core import (
     AttackRun,
     check_int,
     check_positive,
+    check_real,
     dual_exponent,
     lp_norm,
     parse_norm,
@@ -91,7 +92,7 @@ def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) 
     p = parse_norm(norm)
     if p not in (2.0, math.inf):
         raise NotImplementedError(f"the trust region attack supports L2 and Linf, not l{p:g}")
-    if kw["order"] not in (1, 2):
+    if isinstance(kw["order"], bool) or kw["order"] not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {kw['order']!r}")
     if kw["order"] == 2 and p != 2:
         raise NotImplementedError("the second-order trust region attack is defined for L2 only")
@@ -104,12 +105,12 @@ def _check_options(norm, targeted: bool, target_mode: str, radius_bounds, **kw) 
     for name in ("refine_steps", "revisit", "line_search"):
         kw[name] = check_int(name, kw[name], 0)
     check_positive("overshoot", kw["overshoot"], allow_zero=True)
-    eta, sigma1, sigma2 = kw["eta"], kw["sigma1"], kw["sigma2"]
+    eta, sigma1, sigma2 = (check_real(name, kw[name]) for name in ("eta", "sigma1", "sigma2"))
     if not (eta > 1 and math.isfinite(eta)):
         raise ValueError(f"eta must be > 1 and finite, got {eta}")
     if not 0 < sigma2 <= sigma1 < 1:
         raise ValueError(f"need 0 < sigma2 <= sigma1 < 1, got sigma1={sigma1}, sigma2={sigma2}")
-    r_min, r_max = (float(v) for v in radius_bounds)
+    r_min, r_max = (check_real("radius_bounds", v) for v in radius_bounds)
     if not 0 < r_min <= r_max:
         raise ValueError(f"radius_bounds must satisfy 0 < min <= max, got {radius_bounds!r}")
     if target_mode == "hardest" and kw["classes"] > 1:

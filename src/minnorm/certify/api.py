@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..core.norms import lp_norm, parse_norm
-from ..core.validation import check_inputs, check_label_range, check_positive
+from ..core.validation import check_inputs, check_int, check_logits, check_positive, model_errors_explained
 from .bounds import certified_radius, margin_spec, propagate
 from .crown import backward_bounds, certified_radius_fast, make_plan
 from .graph import Graph, build_graph
@@ -76,10 +76,30 @@ def _start(model, inputs, labels, norm, bounds) -> tuple[float, tuple[float, flo
         raise ValueError(f"certification supports the L1, L2 and Linf norms, got {norm!r}")
     box = check_inputs(inputs, labels, bounds)
     graph = build_graph(model)
-    with torch.no_grad():
+    with torch.no_grad(), model_errors_explained(model, inputs):
         logits = model(inputs)
-    check_label_range(labels, logits.shape[1])
+    check_logits(logits, inputs.shape[0], labels)
     return p, box, graph, logits
+
+
+def _empty(inputs: torch.Tensor, p: float, method: str) -> CertifyResult:
+    """The result for a batch of no samples."""
+    none = torch.zeros(0, dtype=torch.float64)
+    return CertifyResult(none, none.clone(), [], none.clone(), inputs.detach().clone(), p,
+                         {"method": method, "proven_lower": []})
+
+
+def _check_given(inputs: torch.Tensor, upper, adversarials) -> None:
+    """An attack's norms and adversarials handed in: one norm >= 0 (inf: none found) and one
+    adversarial per input."""
+    if upper is not None:
+        up = torch.as_tensor(upper, dtype=torch.float64).reshape(-1)
+        if bool((torch.isnan(up) | (up < 0)).any()):
+            raise ValueError("upper must hold norms >= 0 (inf where the attack found no adversarial), got "
+                             f"{[float(v) for v in up[torch.isnan(up) | (up < 0)][:3]]}")
+    if adversarials is not None and tuple(adversarials.shape) != tuple(inputs.shape):
+        raise ValueError(f"adversarials must have the inputs' shape {tuple(inputs.shape)}, "
+                         f"got {tuple(adversarials.shape)}")
 
 
 def _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attack):
@@ -169,7 +189,11 @@ def lower_bound(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: floa
     adversarials (the search's upper end, and the witnesses); when omitted, ``attack`` (default
     :func:`default_attack`) is run. ``rounds``: propagations per sample at most."""
     start = time.perf_counter()
+    rounds, rel_tol = check_int("rounds", rounds), check_positive("rel_tol", rel_tol)
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
+    _check_given(inputs, upper, adversarials)
+    if inputs.shape[0] == 0:
+        return _empty(inputs, p, "linear bound propagation")
     b, n = inputs.shape[0], inputs[0].numel()
     up, advs = _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attack)
     wrong = (logits.argmax(1) != labels).cpu()
@@ -236,6 +260,9 @@ def exact(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | st
     re-checked by a forward pass of ``model`` (:func:`verify_witness`)."""
     time_limit = check_time_limit(time_limit)
     p, box, graph, logits = _start(model, inputs, labels, norm, bounds)
+    _check_given(inputs, upper, adversarials)
+    if inputs.shape[0] == 0:
+        return _empty(inputs, p, "MILP")
     b, n = inputs.shape[0], inputs[0].numel()
     up, advs = _upper_from_attack(model, inputs, labels, p, box, upper, adversarials, attack)
     # a tight certified radius closes easy samples (e.g. affine classifiers) without a solver

@@ -16,17 +16,18 @@ from .run import AttackRun, check_eval_mode, is_adversarial, make_generator, ran
 from .segment import bisect, bisect_segment, regula_falsi, segment_points
 from .steps import ascent_direction, box_blocked, l1_coordinates, pgd_step, sparse_l1_direction
 from .validation import (check_batch, check_bounds, check_inputs, check_int, check_label_range, check_logits,
-                         check_positive)
+                         check_positive, check_real, check_switch, model_errors_explained)
 
 __all__ = [
     "AttackResult", "AttackRun", "AttackSpec", "BestAdversarial", "CountedModel", "EPS_ATOL", "EPS_RTOL",
     "PassBudgetExceeded", "ascent_direction", "available", "batch_view", "bisect", "bisect_segment", "box_blocked",
-    "broken_within", "call_with_budget", "check_batch", "check_bounds", "check_eval_mode", "check_inputs", "check_int",
-    "check_label_range", "check_logits", "check_positive", "check_radius", "clip_box", "cross_entropy",
-    "cross_entropy_objective", "dlr", "dlr_objective", "dual_exponent", "get", "holder_direction", "is_adversarial",
-    "l1_coordinates", "linear_boundary_steps", "logit_difference", "logit_margin", "lp_norm", "make_generator",
-    "margin_objective", "min_step_to_hyperplane", "nearest_boundary_step", "norm_label", "norm_name", "parse_fraction",
-    "parse_norm", "per_objective_gradients", "pgd_step", "power_iteration", "project_lp_ball", "radius_limit",
-    "radius_text", "rand_like", "register", "regula_falsi", "relative_perturbation", "scale_to_norm", "segment_points",
+    "broken_within", "call_with_budget", "check_batch", "check_bounds", "check_eval_mode", "check_inputs",
+    "check_int", "check_label_range", "check_logits", "check_positive", "check_radius", "check_real", "check_switch",
+    "clip_box", "cross_entropy", "cross_entropy_objective", "dlr", "dlr_objective", "dual_exponent", "get",
+    "holder_direction", "is_adversarial", "l1_coordinates", "linear_boundary_steps", "logit_difference",
+    "logit_margin", "lp_norm", "make_generator", "margin_objective", "min_step_to_hyperplane",
+    "model_errors_explained", "nearest_boundary_step", "norm_label", "norm_name", "parse_fraction", "parse_norm",
+    "per_objective_gradients", "pgd_step", "power_iteration", "project_lp_ball", "radius_limit", "radius_text",
+    "rand_like", "register", "regula_falsi", "relative_perturbation", "scale_to_norm", "segment_points",
     "sparse_l1_direction", "specs", "start_attack", "top_other_classes", "with_role",
 ]

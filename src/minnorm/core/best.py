@@ -8,6 +8,15 @@ import torch
 from .norms import lp_norm
 
 
+def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Targeted: the argmax is the target. Untargeted: the argmax is not the label. Never where a
+    logit is NaN: argmax picks the first NaN, which says nothing about the model's decision (a
+    model that breaks down off the data would count as fooled). An infinite logit is a decision."""
+    pred = logits.argmax(dim=1)
+    hit = pred == labels if targeted else pred != labels
+    return hit & ~torch.isnan(logits).any(dim=1)
+
+
 class BestAdversarial:
     """Per sample of ``inputs``: the adversarial of smallest lp distance offered so far.
 
@@ -30,9 +39,7 @@ class BestAdversarial:
 
     def offer(self, rows: torch.Tensor, points: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """:meth:`update` for the rows ``rows`` of the batch; returns which points are adversarial."""
-        pred = logits.argmax(dim=1)
-        labels = self.labels[rows]
-        adversarial = pred == labels if self.targeted else pred != labels
+        adversarial = is_adversarial(logits, self.labels[rows], self.targeted)
         self.update(points, logits, rows, adversarial)
         return adversarial
 
@@ -42,9 +49,7 @@ class BestAdversarial:
         Returns, per row, whether it became its sample's best."""
         if rows is None:
             rows = torch.arange(self.inputs.shape[0], device=self.inputs.device)
-        pred = logits.argmax(dim=1)
-        labels = self.labels[rows]
-        adversarial = pred == labels if self.targeted else pred != labels
+        adversarial = is_adversarial(logits, self.labels[rows], self.targeted)
         if mask is not None:
             adversarial = adversarial & mask
         dist = lp_norm(points.to(self.inputs.dtype) - self.inputs[rows], self.norm)

@@ -25,6 +25,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .validation import check_output_shape
+
 
 class PassBudgetExceeded(RuntimeError):
     """Every sample of an attack's batch has spent its pass budget (see the module docstring)."""
@@ -79,6 +81,7 @@ class CountedModel:
         self.exhausted = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.limit = None if budget is None else (torch.as_tensor(budget, device=device).long() - 1).expand(batch_size)
         self.tracker = None  # a BestAdversarial that sees every credited forward pass (set by start_attack)
+        self.num_classes: int | None = None  # once set (by start_attack), every output must be [n, num_classes]
 
     @property
     def budgeted(self) -> bool:
@@ -120,7 +123,7 @@ class CountedModel:
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of ``x``; charges one forward pass to the samples ``index`` (all if None)."""
         self._check_budget()
-        out = self.model(x)
+        out = self._logits(x)
         rows = self._rows(index)
         credited = self._charge(self.forward_passes, rows)
         if self.tracker is not None and credited is not None and len(rows):
@@ -161,8 +164,16 @@ class CountedModel:
     def verify(self, x: torch.Tensor) -> torch.Tensor:
         """The final check of the returned adversarials: one pass per sample, always charged
         (the budget reserves it), never offered to the tracker."""
-        out = self.model(x)
+        out = self._logits(x)
         self.forward_passes += 1
+        return out
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``x``, checked to be ``[n, K]`` once K is known (see
+        :func:`~minnorm.core.validation.check_output_shape`)."""
+        out = self.model(x)
+        if self.num_classes is not None:
+            check_output_shape(out, x.shape[0], self.num_classes)
         return out
 
     def over_budget(self) -> torch.Tensor:

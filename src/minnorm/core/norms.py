@@ -17,6 +17,8 @@ def parse_norm(p: float | int | str) -> float:
             p = math.inf if s in ("inf", "infinity") else float(s)
         except ValueError:
             raise ValueError(f"a norm is l1, l2, linf or a number p >= 1, got {p!r}") from None
+    if isinstance(p, bool) or not isinstance(p, (int, float)) and not hasattr(p, "__float__"):
+        raise ValueError(f"a norm is l1, l2, linf or a number p >= 1, got {p!r}")  # True would be l1
     p = float(p)
     if not p >= 1:
         raise ValueError(f"norm p must be >= 1 (or inf), got {p}")

@@ -48,8 +48,10 @@ def check_radius(eps: Any, name: str = "eps") -> float:
     """A radius: a finite number >= 0 (``8/255`` as text is accepted), or a ValueError."""
     value = parse_fraction(eps) if isinstance(eps, str) else eps
     try:
+        if isinstance(value, bool):  # True would be the radius 1.0
+            raise TypeError
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{name} must be a number, got {eps!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite radius >= 0, got {eps!r}")

@@ -14,17 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .best import BestAdversarial
+from .best import BestAdversarial, is_adversarial
 from .counting import CountedModel, claim_budget
 from .norms import batch_view, lp_norm, parse_norm
 from .result import AttackResult
-from .validation import check_inputs, check_logits
-
-
-def is_adversarial(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """Targeted: the argmax is the target. Untargeted: the argmax is not the label."""
-    pred = logits.argmax(dim=1)
-    return pred == labels if targeted else pred != labels
+from .validation import check_inputs, check_logits, check_switch, model_errors_explained
 
 
 def make_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
@@ -107,6 +101,7 @@ def start_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted:
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
     check_eval_mode(model)
+    targeted = check_switch("targeted", targeted)
     bounds = check_inputs(inputs, labels, bounds)
     labels = labels.detach().long()
     p = parse_norm(norm)
@@ -115,15 +110,15 @@ def start_attack(model, inputs: torch.Tensor, labels: torch.Tensor, *, targeted:
     def make_run(budget):
         counted = CountedModel(model, inputs.shape[0], inputs.device, budget=budget)
         if budget is not None:
-            counted.tracker = BestAdversarial(inputs.detach(), labels, bool(targeted), p)
-        return AttackRun(counted, inputs.detach(), labels, bool(targeted), bounds, p, 0,
+            counted.tracker = BestAdversarial(inputs.detach(), labels, targeted, p)
+        return AttackRun(counted, inputs.detach(), labels, targeted, bounds, p, 0,
                          torch.zeros(0, 0, dtype=inputs.dtype, device=inputs.device), generator, started)
 
     run = claim_budget(make_run)
     if inputs.shape[0]:
-        with torch.no_grad():
+        with torch.no_grad(), model_errors_explained(model, inputs):
             clean = run.model(inputs.detach())
-        run.num_classes = check_logits(clean, inputs.shape[0], labels)
+        run.num_classes = run.model.num_classes = check_logits(clean, inputs.shape[0], labels)
         run.clean_logits = clean.detach()
     return run
 

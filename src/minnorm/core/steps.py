@@ -13,6 +13,7 @@ import math
 import torch
 
 from .norms import batch_view, clip_box, holder_direction, parse_norm, project_lp_ball
+from .validation import check_real
 
 
 def box_blocked(x: torch.Tensor, direction: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
@@ -40,7 +41,7 @@ def sparse_l1_direction(grad: torch.Tensor, x: torch.Tensor, bounds: tuple[float
 def l1_coordinates(sparsity: float, numel: int) -> int:
     """How many coordinates the l1 step moves: the top ``1 - sparsity`` fraction of ``numel``
     (SLIDE's 99th percentile at ``sparsity = 0.99``), at least one."""
-    if not 0 <= sparsity < 1:
+    if not 0 <= check_real("l1_sparsity", sparsity) < 1:
         raise ValueError(f"l1_sparsity must be in [0, 1), got {sparsity}")
     return max(1, math.ceil(round((1 - sparsity) * numel, 6)))
 

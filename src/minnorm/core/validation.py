@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from itertools import chain
+from typing import Iterator
 
 import torch
+from torch import nn
 
 
 def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    if isinstance(bounds, (str, bytes)):  # "01" would unpack into (0.0, 1.0)
+        raise TypeError(f"bounds must be a pair (lower, upper) of numbers, got {bounds!r}")
     try:
         lower, upper = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -90,12 +96,57 @@ def check_logits(logits: torch.Tensor, batch_size: int, labels: torch.Tensor | N
     return k
 
 
+def check_real(name: str, value: float) -> float:
+    """``value`` as a float if it is a real number (a Python, numpy or 0-d tensor number, not a
+    bool or a string: ``True`` would pass as 1.0), NaN excluded; else a ValueError naming ``name``."""
+    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):  # None, lists, tensors of several values
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, got nan")
+    return number
+
+
+def check_output_shape(out, batch_size: int, num_classes: int | None = None) -> None:
+    """Any model output during an attack must be ``[n, K]`` for a batch of ``n`` (``K`` the class
+    count of the clean pass when given): a model that is right on the clean batch can still drop
+    the batch axis of a batch of one (``squeeze()`` in ``forward``)."""
+    k = out.shape[-1] if num_classes is None and isinstance(out, torch.Tensor) and out.dim() else num_classes
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == (batch_size, k):
+        return
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    raise ValueError(f"model output must have shape [B, K] = [{batch_size}, {k if k is not None else 'K'}] for every "
+                     f"batch, got {got} for a batch of {batch_size} (a squeeze() in forward drops the batch axis of "
+                     "a batch of 1)")
+
+
 def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
-    value = float(value)
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``), or a ValueError naming ``name``."""
+    limit = ">= 0" if allow_zero else "> 0"
+    try:
+        value = check_real(name, value)
+    except ValueError:
+        raise ValueError(f"{name} must be {limit} and finite, got {value!r}") from None
     ok = value >= 0 if allow_zero else value > 0
     if not (ok and math.isfinite(value)):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value}")
+        raise ValueError(f"{name} must be {limit} and finite, got {value}")
     return value
+
+
+def check_switch(name: str, value: bool) -> bool:
+    """An on/off argument: True or False (numpy's and 0/1 too); a string such as ``"no"`` would be
+    truthy, so anything else is a TypeError naming ``name``."""
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    try:
+        if value in (True, False):
+            return bool(value)
+    except (RuntimeError, ValueError):  # a tensor of several values
+        pass
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 # The largest integer setting accepted: step counts and budgets go into int64 tensor arithmetic
@@ -115,3 +166,31 @@ def check_int(name: str, value: int, minimum: int = 1) -> int:
     if int(value) > MAX_INT:
         raise ValueError(f"{name} must be at most 2**62, got {value!r}")
     return int(value)
+
+
+def model_input_mismatch(model, inputs: torch.Tensor) -> str | None:
+    """Why ``model`` cannot take ``inputs``, when its floating-point parameters and buffers all
+    differ from them in dtype or device (None when they do not, or it has none)."""
+    if not isinstance(model, nn.Module):
+        return None
+    tensors = [t for t in chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+    for what, have in (("dtype", inputs.dtype), ("device", inputs.device)):
+        kinds = {getattr(t, what) for t in tensors}
+        if kinds and have not in kinds:
+            theirs = ", ".join(sorted(str(k) for k in kinds))
+            return (f"inputs have {what} {have} but the model's parameters have {theirs}: convert one to "
+                    "the other (inputs.to(...) or model.to(...))")
+    return None
+
+
+@contextmanager
+def model_errors_explained(model, inputs: torch.Tensor) -> Iterator[None]:
+    """Around a forward pass of ``model`` on ``inputs``: torch's error from deep inside the model
+    ("mat1 and mat2 must have the same dtype") becomes a TypeError naming the mismatch."""
+    try:
+        yield
+    except RuntimeError as err:
+        why = model_input_mismatch(model, inputs)
+        if why is None:
+            raise
+        raise TypeError(why) from err

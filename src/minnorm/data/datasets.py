@@ -158,6 +158,13 @@ def resolve_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[t
     ``weights_only=True``), a folder of Fashion-MNIST IDX files or CIFAR-10 batches (test split),
     or one CIFAR python batch file.
     """
+    if isinstance(name, os.PathLike):  # a path, never a name (nor a name:split)
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {path}")
+        return _load_path(path)
+    if not isinstance(name, str):
+        raise TypeError(f"a dataset is a name or a path, got {type(name).__name__}")
     base, _, split = name.partition(":")
     key = base.lower().replace("_", "-")
     if key == "sample" and not split:

@@ -224,7 +224,11 @@ class Evaluation:
         return lines
 
     def row(self, attack: str = ALL) -> dict[str, Any]:
-        return next(r for r in self.summary if r["attack"] == attack)
+        """The summary row of ``attack`` (or of the best of all, ``ALL``)."""
+        for r in self.summary:
+            if r["attack"] == attack:
+                return r
+        raise ValueError(f"no attack {attack!r} in this evaluation; its rows: {', '.join(r['attack'] for r in self.summary)}")
 
     def per_sample(self) -> list[dict[str, Any]]:
         """The per-sample table as rows (plain Python values; inf/nan as floats)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import sys
 from functools import partial
@@ -19,7 +20,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..core import check_eval_mode, check_label_range, check_logits, parse_norm, radius_text
+from ..core import (check_bounds, check_eval_mode, check_label_range, check_logits, check_positive,
+                    model_errors_explained, parse_norm, radius_text)
 from . import distributed as dist_util
 from .execute import merge_outcomes, run_plan
 from .plan import box_diameter, check_grid, make_plans
@@ -38,10 +40,16 @@ def batch_seed(seed: int, batch: int, attack: str) -> int:
 def _radii(eps, epsilons, eps_search: bool, grid) -> tuple:
     """The checked radii the user asks about (``eps``), those fixed-eps attacks run at
     (``epsilons``, by default ``eps`` unless searching) and the curves' ``grid``."""
-    eps = None if eps is None else check_grid([eps] if isinstance(eps, (int, float, str)) else eps, "eps")
+    eps, epsilons = (None if r is None else check_grid(_as_list(r), name) for r, name in ((eps, "eps"), (epsilons, "epsilons")))
     if epsilons is None and not eps_search:
         epsilons = eps
     return eps, epsilons, check_grid(grid)
+
+
+def _as_list(radii) -> list:
+    """One radius (a number, ``"8/255"``, a 0-d tensor) as a list of one; a sequence as it is."""
+    single = isinstance(radii, (int, float, str)) or getattr(radii, "ndim", None) == 0
+    return [radii] if single else radii
 
 
 def _default_search_max(plans, p: float, x: torch.Tensor, box: tuple[float, float]) -> None:
@@ -100,7 +108,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
     hyper-parameters) before any file is written.
     """
     (x, y), p = _as_tensors(data), parse_norm(norm)
-    _check_settings(batch_size, budget, search_steps, examples, sanity_margin)
+    _check_settings(batch_size, budget, search_steps, examples, sanity_margin, seed)
     eps, epsilons, grid = _radii(eps, epsilons, eps_search, grid)
     check_eval_mode(model)
     lo, hi = _check_box(x, bounds)
@@ -125,9 +133,7 @@ def evaluate(model, data, attacks: str | Sequence[Any] | Mapping[str, Any], norm
 
 
 def _check_box(x: torch.Tensor, bounds) -> tuple[float, float]:
-    lo, hi = (float(b) for b in bounds)
-    if not lo < hi:
-        raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds}")
+    lo, hi = check_bounds(bounds)
     if len(x) and (float(x.min()) < lo or float(x.max()) > hi):
         raise ValueError(f"inputs must lie in the box {bounds}, found values in [{float(x.min()):g}, "
                          f"{float(x.max()):g}]; rescale the data to the box (in Python, or pass bounds=)")
@@ -168,7 +174,7 @@ def _check_certify(certify, targets, time_limit) -> None:
         raise ValueError("certification bounds untargeted robustness; drop targets or certify")
 
 
-def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -> None:
+def _check_settings(batch_size, budget, search_steps, examples, sanity_margin, seed) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
@@ -178,8 +184,9 @@ def _check_settings(batch_size, budget, search_steps, examples, sanity_margin) -
         raise ValueError(f"search_steps must be an integer from 1 to 64, got {search_steps!r}")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
-    if not sanity_margin >= 0:
-        raise ValueError(f"sanity_margin must be >= 0, got {sanity_margin!r}")
+    check_positive("sanity_margin", sanity_margin, allow_zero=True)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # "1" and 1.0 would seed other batches
+        raise ValueError(f"seed must be an integer, got {seed!r}")
 
 
 def _run(model, x, y, plans, config, group, *, out, overwrite, device, progress, save_adversarials, targets,
@@ -403,7 +410,7 @@ def _preflight(model, x, y, targets, plans, bounds, device, certify=None) -> Non
 
 def _classes(model, x: torch.Tensor, y: torch.Tensor, device) -> int:
     """The model's class count, from its output on one sample (checked), and the labels against it."""
-    with torch.no_grad():
+    with torch.no_grad(), model_errors_explained(model, x[:1].to(device)):
         logits = model(x[:1].to(device))
     k = check_logits(logits, 1)
     check_label_range(y, k)
@@ -418,22 +425,7 @@ def _model_device(model) -> torch.device:
 
 
 def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-    elif isinstance(data, torch.utils.data.DataLoader):
-        batches = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in data]
-        if not batches:
-            raise ValueError("data is an empty DataLoader")
-        x, y = torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
-    elif isinstance(data, torch.utils.data.Dataset):
-        pairs = [data[i] for i in range(len(data))]
-        if not pairs:
-            raise ValueError("data is an empty dataset")
-        x = torch.stack([torch.as_tensor(a) for a, _ in pairs])
-        y = torch.as_tensor([int(b) for _, b in pairs])
-    else:
-        raise TypeError(f"data must be a pair (inputs, labels) of tensors, a Dataset of pairs or a DataLoader, "
-                        f"got {type(data).__name__}")
+    x, y = _gather(data)
     if not torch.is_floating_point(x):
         raise TypeError(f"inputs must be a floating-point tensor, got {x.dtype}")
     if y.dim() != 1 or len(y) != len(x) or torch.is_floating_point(y):
@@ -442,3 +434,34 @@ def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
     if len(x) == 0:
         raise ValueError("data holds no samples")
     return x, y.long()
+
+
+def _gather(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` from a pair of tensors, a DataLoader of pair batches or a Dataset of pairs."""
+    if isinstance(data, (tuple, list)):
+        return _pair(data, "data", tensors=True)
+    if isinstance(data, torch.utils.data.DataLoader):
+        batches = [_pair(b, "each batch of the DataLoader") for b in data]
+        if not batches:
+            raise ValueError("data is an empty DataLoader")
+        return torch.cat([a for a, _ in batches]), torch.cat([b for _, b in batches])
+    if isinstance(data, torch.utils.data.Dataset):
+        pairs = [_pair(data[i], "each item of the Dataset") for i in range(len(data))]
+        if not pairs:
+            raise ValueError("data is an empty dataset")
+        return torch.stack([a for a, _ in pairs]), torch.as_tensor([int(b) for _, b in pairs])
+    raise TypeError(f"data must be a pair (inputs, labels) of tensors, a Dataset of pairs or a DataLoader, "
+                    f"got {type(data).__name__}")
+
+
+def _pair(item, what: str, tensors: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``item`` as ``(inputs, labels)`` tensors; with ``tensors`` both must already be tensors
+    (numpy arrays are refused rather than converted with numpy's float64 default)."""
+    kinds = (f"({', '.join(type(t).__name__ for t in list(item)[:3])}{', ...' if len(item) > 3 else ''})"
+             if isinstance(item, (tuple, list)) else type(item).__name__)
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError(f"{what} must be a pair (inputs, labels), got {kinds}")
+    if tensors and not all(isinstance(t, torch.Tensor) for t in item):
+        raise TypeError(f"{what} must be a pair (inputs, labels) of tensors, got {kinds}; convert arrays with "
+                        "torch.as_tensor (inputs as float32 for a float32 model)")
+    return torch.as_tensor(item[0]), torch.as_tensor(item[1])

@@ -41,21 +41,35 @@ def make_activation(name: str) -> nn.Module:
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, as the first layer of a model."""
+    """``(x - mean) / std`` per channel (dim 1), as the first layer of a model; one mean and std
+    apply to every value of an input of any shape."""
 
     def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float):
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        try:
+            mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+            std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"mean and std must be numbers or sequences of numbers, got {mean!r} and {std!r}") from None
         if mean_t.shape != std_t.shape:
             raise ValueError(f"mean and std must have the same length, got {mean_t.numel()} and {std_t.numel()}")
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"std must be > 0, got {std}")
+        if not bool(torch.isfinite(mean_t).all()):
+            raise ValueError(f"mean must be finite, got {mean}")
+        if not bool((std_t > 0).all() and torch.isfinite(std_t).all()):
+            raise ValueError(f"std must be > 0 and finite, got {std}")
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        c = self.mean.numel()
+        if c == 1:  # any shape, flat rows [B, D] included (a [1, 1, 1] buffer would add an axis to them)
+            shape: tuple[int, ...] = ()
+        elif x.dim() >= 2 and x.shape[1] == c:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+        else:  # broadcasting would turn a grayscale batch into c channels
+            raise ValueError(f"Normalize has {c} channels (mean and std) but the inputs have shape {tuple(x.shape)}; "
+                             f"they must be [B, {c}, ...]")
+        return (x - self.mean.to(x.dtype).reshape(shape)) / self.std.to(x.dtype).reshape(shape)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
