@@ -169,6 +169,17 @@ def test_preset_checks_the_radii_asked_for_with_apgd(data):
     assert searched["linf"].attack_names == ["ensemble-linf"]
 
 
+def test_preset_radius_check_from_the_command_line(data, tmp_path, capsys):
+    model, x, y = data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", MODEL, "--data", str(tmp_path / "d.pt"), "--quick", "--device", "cpu",
+                 "--norms", "l2,linf", "--eps", "linf=0.05", "--out", str(out)]) == 0
+    assert "apgd-at-eps-linf" in capsys.readouterr().out
+    assert minnorm.evaluation.Evaluation.load(out / "linf").attack_names == ["ensemble-linf", "apgd-at-eps-linf"]
+    assert minnorm.evaluation.Evaluation.load(out / "l2").attack_names == ["ensemble-l2"]
+
+
 class FailsOnBatch(torch.nn.Module):
     """The tiny MLP, raising once it sees the samples of the second batch (an interruption)."""
 
