@@ -57,20 +57,16 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     backward pass per step, and ``refine`` forward passes of bisection on the segment from the
     input to the best point at the end (not in the paper). Deterministic (no random start).
     """
-    if loss not in ("dlr", "ce"):
-        raise ValueError(f"loss must be 'dlr' or 'ce', got {loss!r}")
+    momentum, rho, sparsity = _check_step_settings(loss, momentum, rho, sparsity)
     steps = check_int("steps", steps)
     refine = check_int("refine", refine, minimum=0)
     round_steps = check_int("round_steps", round_steps)
     if targets is not None:
         targets = check_int("targets", targets)
-    momentum, rho, shrink = (check_positive(n, v) for n, v in (("momentum", momentum), ("rho", rho), ("shrink", shrink)))
-    growth, tol, sparsity = (check_positive(n, v) for n, v in (("growth", growth), ("tol", tol), ("sparsity", sparsity)))
-    if momentum > 1 or rho > 1 or shrink >= 1 or sparsity > 1 or growth <= 1:
-        raise ValueError("momentum, rho, sparsity must be in (0, 1], shrink in (0, 1), growth > 1")
-    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
-    if run.norm not in (1.0, 2.0, math.inf):
-        raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
+    shrink, growth, tol = (check_positive(n, v) for n, v in (("shrink", shrink), ("growth", growth), ("tol", tol)))
+    if shrink >= 1 or growth <= 1:
+        raise ValueError("shrink must be in (0, 1), growth > 1")
+    run = _start(model, inputs, labels, targeted, bounds, norm, generator)
     tracker, index = start_tracking(run)
     if len(index) == 0:
         return run.finish(tracker.points)
@@ -103,17 +99,10 @@ def apgd_at_eps(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float
     attack). Cost: one forward and one backward pass per step. Samples misclassified already (or
     at the target, targeted) are returned as they are, at norm 0.
     """
-    if loss not in ("dlr", "ce"):
-        raise ValueError(f"loss must be 'dlr' or 'ce', got {loss!r}")
+    momentum, rho, sparsity = _check_step_settings(loss, momentum, rho, sparsity)
     steps = check_int("steps", steps)
     targets = None if targets is None else check_int("targets", targets)
-    momentum, rho, sparsity = (check_positive(n, v) for n, v in (("momentum", momentum), ("rho", rho),
-                                                                 ("sparsity", sparsity)))
-    if momentum > 1 or rho > 1 or sparsity > 1:
-        raise ValueError("momentum, rho and sparsity must be in (0, 1]")
-    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
-    if run.norm not in (1.0, 2.0, math.inf):
-        raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
+    run = _start(model, inputs, labels, targeted, bounds, norm, generator)
     radius = per_sample_eps(eps, run.inputs)
     tracker, index = start_tracking(run)
     cfg = _Config(steps, momentum, rho, 0.5, 2.0, 0.0, sparsity, apgd_checkpoints(steps))
@@ -128,6 +117,24 @@ def apgd_at_eps(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float
             break
         _AtRadius(run, tracker, index, make, cfg, radius[index]).search(steps)
     return run.finish(tracker.points)
+
+
+def _check_step_settings(loss: str, momentum: float, rho: float, sparsity: float) -> tuple[float, float, float]:
+    """The loss and the step rule's settings, shared by the search and the fixed radius."""
+    if loss not in ("dlr", "ce"):
+        raise ValueError(f"loss must be 'dlr' or 'ce', got {loss!r}")
+    momentum, rho, sparsity = (check_positive(n, v) for n, v in (("momentum", momentum), ("rho", rho),
+                                                                 ("sparsity", sparsity)))
+    if momentum > 1 or rho > 1 or sparsity > 1:
+        raise ValueError("momentum, rho and sparsity must be in (0, 1]")
+    return momentum, rho, sparsity
+
+
+def _start(model, inputs, labels, targeted, bounds, norm, generator):
+    run = start_attack(model, inputs, labels, targeted=targeted, bounds=bounds, norm=norm, generator=generator)
+    if run.norm not in (1.0, 2.0, math.inf):
+        raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
+    return run
 
 
 def _loss(kind: str, labels: torch.Tensor, targeted: bool, targets: torch.Tensor | None = None):
