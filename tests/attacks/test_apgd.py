@@ -125,3 +125,24 @@ def test_at_eps_stops_at_the_first_adversarial_and_checks_its_settings():
         apgd_at_eps(model, x, y, eps=0.1, loss="hinge")
     with pytest.raises(ValueError, match="norm"):
         apgd_at_eps(model, x, y, eps=0.1, norm=3)
+
+
+def test_init_starts_the_search_below_an_adversarial_start():
+    """``init``: an adversarial start is the first upper bound (the result is never worse, and the
+    first round runs at shrink x its norm); a start that is not adversarial is ignored."""
+    model = affine_model(k=2, seed=1)
+    x = inputs(8)
+    y = model(x).argmax(1)
+    far = apgd(model, x, y, norm=math.inf, steps=300)  # adversarial points to start from
+    loose = x + 1.5 * (far.adversarials - x)
+    with torch.no_grad():
+        assert bool((model(loose.clamp(0, 1)).argmax(1) != y).all())
+    res = apgd(model, x, y, norm=math.inf, steps=20, init=loose, refine=0)
+    cold = apgd(model, x, y, norm=math.inf, steps=20, refine=0)
+    start_norms = (loose.clamp(0, 1) - x).flatten(1).abs().amax(1)
+    assert bool(res.success.all()) and bool((res.norms <= start_norms * 0.97 * (1 + 1e-9)).all())
+    assert bool((res.forward_passes == cold.forward_passes + 1).all())  # the start's one forward pass
+    ignored = apgd(model, x, y, norm=math.inf, steps=20, init=x.clone(), refine=0)
+    torch.testing.assert_close(ignored.norms, cold.norms)
+    with pytest.raises(ValueError, match="init must be a tensor of the inputs' shape"):
+        apgd(model, x, y, init=x[:2])

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, dual_exponent, lp_norm, project_lp_ball,
-                    register, start_attack)
+from ..core import (BestAdversarial, AttackResult, batch_view, check_int, check_positive, clip_box, dual_exponent, lp_norm,
+                    project_lp_ball, register, start_attack)
 from ..core.norms import project_l1_box, project_l2_box
 from ..core.objectives import cross_entropy_objective, dlr_objective, logit_difference, margin_objective, top_other_classes
 from ..core.steps import sparse_l1_direction
@@ -32,8 +32,8 @@ def apgd_checkpoints(n: int) -> list[int]:
 def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str = "inf", targeted: bool = False,
          loss: str = "dlr", steps: int = 500, round_steps: int = 25, targets: int | None = None,
          momentum: float = 0.75, rho: float = 0.75, shrink: float = 0.97, growth: float = 2.0, tol: float = 1e-3,
-         sparsity: float = 0.05, refine: int = 10, bounds: tuple[float, float] = (0.0, 1.0),
-         generator: torch.Generator | None = None) -> AttackResult:
+         sparsity: float = 0.05, refine: int = 10, init: torch.Tensor | None = None,
+         bounds: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None) -> AttackResult:
     """Smallest eps at which APGD (Algorithm 1 of the paper) finds an adversarial, searched per sample.
 
     Each sample runs rounds of APGD at a radius ``eps``: the first step ``P(x + eta s(g))``, then
@@ -53,9 +53,12 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
 
     ``loss``: ``"dlr"`` (eq. (6)) or ``"ce"``. ``targets=k`` splits ``steps`` over APGD-T runs with
     the targeted DLR loss (eq. (7)) towards each of the ``k`` largest clean logits besides the
-    label. With ``targeted=True`` the given labels are the targets. Cost: one forward and one
-    backward pass per step, and ``refine`` forward passes of bisection on the segment from the
-    input to the best point at the end (not in the paper). Deterministic (no random start).
+    label. With ``targeted=True`` the given labels are the targets. ``init`` (``[B, *x]``, e.g. the
+    best adversarial of an earlier attack): where a point is adversarial it is the first upper
+    bound, so the search starts at ``shrink`` times its norm, warm-started from it (one forward
+    pass). Cost: one forward and one backward pass per step, and ``refine`` forward passes of
+    bisection on the segment from the input to the best point at the end (not in the paper).
+    Deterministic (no random start).
     """
     momentum, rho, sparsity = _check_step_settings(loss, momentum, rho, sparsity)
     steps = check_int("steps", steps)
@@ -66,8 +69,15 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     shrink, growth, tol = (check_positive(n, v) for n, v in (("shrink", shrink), ("growth", growth), ("tol", tol)))
     if shrink >= 1 or growth <= 1:
         raise ValueError("shrink must be in (0, 1), growth > 1")
+    if init is not None and (not isinstance(init, torch.Tensor) or tuple(init.shape) != tuple(inputs.shape)):
+        raise ValueError(f"init must be a tensor of the inputs' shape {tuple(inputs.shape)}, got "
+                         f"{tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__}")
     run = _start(model, inputs, labels, targeted, bounds, norm, generator)
     tracker, index = start_tracking(run)
+    if init is not None and len(index):
+        points = clip_box(init.detach().to(run.inputs.dtype)[index], run.bounds)
+        with torch.no_grad():
+            tracker.offer(index, points, run.model(points, index))
     if len(index) == 0:
         return run.finish(tracker.points)
     cfg = _Config(round_steps, momentum, rho, shrink, growth, tol, sparsity, apgd_checkpoints(round_steps))
