@@ -266,3 +266,14 @@ def test_resolve_dataset_takes_a_path_object(tmp_path):
         resolve_dataset(Path(tmp_path / "missing.npz"))
     with pytest.raises(TypeError, match="a dataset is a name or a path"):
         resolve_dataset(None)
+
+
+@pytest.mark.parametrize("size", [math.nan, math.inf, "4", 0, 2.5, True])
+def test_batches_names_a_bad_batch_size(size):
+    """``batch_size=nan`` / ``inf``: "cannot convert float NaN to integer" / an OverflowError,
+    without the name (the other values were refused already and stay so)."""
+    from minnorm.data import batches
+    x = tiny_inputs(4)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        next(batches(x, torch.zeros(4, dtype=torch.long), size))
+    assert [len(b) for b, _ in batches(x, torch.zeros(4, dtype=torch.long), 3.0)] == [3, 1]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.validation import check_int
 from .cifar import load_cifar10, read_cifar10_batch
 from .idx import read_idx
 
@@ -185,8 +186,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool 
             device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches ``(x_b, y_b)`` of a tensor pair, optionally shuffled by ``generator`` (CPU),
     moved to ``device`` one batch at a time."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)  # NaN, inf, "4": named; 4.0 as 4
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     n = x.shape[0]
