@@ -69,27 +69,17 @@ def apgd(model, inputs: torch.Tensor, labels: torch.Tensor, *, norm: float | str
     shrink, growth, tol = (check_positive(n, v) for n, v in (("shrink", shrink), ("growth", growth), ("tol", tol)))
     if shrink >= 1 or growth <= 1:
         raise ValueError("shrink must be in (0, 1), growth > 1")
-    if init is not None and (not isinstance(init, torch.Tensor) or tuple(init.shape) != tuple(inputs.shape)):
-        raise ValueError(f"init must be a tensor of the inputs' shape {tuple(inputs.shape)}, got "
-                         f"{tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__}")
+    _check_init(init, inputs)
     run = _start(model, inputs, labels, targeted, bounds, norm, generator)
     tracker, index = start_tracking(run)
-    if init is not None and len(index):
-        points = clip_box(init.detach().to(run.inputs.dtype)[index], run.bounds)
-        with torch.no_grad():
-            tracker.offer(index, points, run.model(points, index))
     if len(index) == 0:
         return run.finish(tracker.points)
+    if init is not None:
+        _offer_starts(run, tracker, index, init)
     cfg = _Config(round_steps, momentum, rho, shrink, growth, tol, sparsity, apgd_checkpoints(round_steps))
-    if targets is None or run.targeted or run.num_classes < 3:
-        make = _loss(loss, run.labels, run.targeted)
-        _Search(run, tracker, index, make, cfg).search(steps)
-    else:
-        top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
-        for j in range(top.shape[1]):
-            full = torch.zeros_like(run.labels).index_copy(0, index, top[:, j])
-            make = _loss("dlr-t", run.labels, False, full)
-            _Search(run, tracker, index, make, cfg).search(max(steps // top.shape[1], 1))
+    makes = _target_losses(run, index, targets) or [_loss(loss, run.labels, run.targeted)]
+    for make in makes:  # APGD-T: the steps split over the targets
+        _Search(run, tracker, index, make, cfg).search(max(steps // len(makes), 1))
     refine_on_segment(run, tracker, index, refine)
     return run.finish(tracker.points)
 
@@ -116,11 +106,7 @@ def apgd_at_eps(model, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float
     radius = per_sample_eps(eps, run.inputs)
     tracker, index = start_tracking(run)
     cfg = _Config(steps, momentum, rho, 0.5, 2.0, 0.0, sparsity, apgd_checkpoints(steps))
-    losses = [_loss(loss, run.labels, run.targeted)]
-    if targets is not None and not run.targeted and run.num_classes > 2 and len(index):
-        top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
-        losses += [_loss("dlr-t", run.labels, False, torch.zeros_like(run.labels).index_copy(0, index, top[:, j]))
-                   for j in range(top.shape[1])]
+    losses = [_loss(loss, run.labels, run.targeted)] + (_target_losses(run, index, targets) if len(index) else [])
     for make in losses:
         index = index[~torch.isfinite(tracker.norms[index])]
         if len(index) == 0:
@@ -145,6 +131,31 @@ def _start(model, inputs, labels, targeted, bounds, norm, generator):
     if run.norm not in (1.0, 2.0, math.inf):
         raise ValueError(f"apgd supports norm 1, 2 or inf, got {run.norm}")
     return run
+
+
+def _check_init(init, inputs: torch.Tensor) -> None:
+    if init is not None and (not isinstance(init, torch.Tensor) or tuple(init.shape) != tuple(inputs.shape)):
+        raise ValueError(f"init must be a tensor of the inputs' shape {tuple(inputs.shape)}, got "
+                         f"{tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__}")
+
+
+def _offer_starts(run, tracker: BestAdversarial, index: torch.Tensor, init: torch.Tensor) -> None:
+    """The given starting points of the rows ``index`` (in the box), one forward pass: each
+    adversarial one becomes its sample's first upper bound."""
+    points = clip_box(init.detach().to(run.inputs.dtype)[index], run.bounds)
+    with torch.no_grad():
+        tracker.offer(index, points, run.model(points, index))
+
+
+def _target_losses(run, index: torch.Tensor, targets: int | None) -> list:
+    """APGD-T: the targeted DLR objective towards each of the ``targets`` largest clean logits
+    besides the label (none when untargeted runs do not apply: no ``targets``, a targeted run,
+    or two classes)."""
+    if targets is None or run.targeted or run.num_classes < 3:
+        return []
+    top = top_other_classes(run.clean_logits[index], run.labels[index], targets)
+    return [_loss("dlr-t", run.labels, False, torch.zeros_like(run.labels).index_copy(0, index, top[:, j]))
+            for j in range(top.shape[1])]
 
 
 def _loss(kind: str, labels: torch.Tensor, targeted: bool, targets: torch.Tensor | None = None):
