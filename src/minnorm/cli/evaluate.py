@@ -162,7 +162,7 @@ def norms_with_radii(args: argparse.Namespace) -> set[str]:
         return set()
     if args.norms is None:
         return {norm_name(parse_norm(args.norm or "inf"))}
-    return {norm_name(parse_norm(item.partition("=")[0].strip())) for item in args.eps.split(",") if "=" in item}
+    return {norm_name(parse_norm(norm)) for norm in parse_eps(args.eps, per_norm=True)}
 
 
 def norm_list(text: str) -> list[str]:
